@@ -1,0 +1,52 @@
+use hourglass_types::NodeId;
+
+/// Errors of a node. Every gRPC status a client sees comes from this type, mapped in
+/// [`crate::status`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    InvalidArgument(#[from] hourglass_types::Error),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// No leader or no quorum yet; retryable. `leader` is a hint when known.
+    #[error("partition {partition} unavailable: {reason}")]
+    Unavailable {
+        partition: u32,
+        reason: String,
+        leader: Option<(NodeId, String)>,
+    },
+    #[error("partition {partition}: no commit within {timeout_ms} ms; the outcome is unknown, retrying is safe")]
+    DeadlineExceeded { partition: u32, timeout_ms: u64 },
+    #[error("storage: {0}")]
+    Storage(#[from] hourglass_storage::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "the data directory {dir} is empty, but peer node {peer} already holds Raft state of this cluster; \
+         this node was wiped or replaced. Refusing to start: a node that forgot its votes could break \
+         Raft's safety. Restore its data from a backup, or remove and re-add it (docs/operations.md)"
+    )]
+    WipedNode {
+        dir: std::path::PathBuf,
+        peer: NodeId,
+    },
+    #[error("peer {peer} reports {theirs} partitions, this node is configured with {ours}")]
+    PeerPartitionMismatch {
+        peer: NodeId,
+        theirs: u32,
+        ours: u32,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,416 @@
+//! The multi-raft host: every partition replica of this node as one openraft group over the
+//! node's single RocksDB, log syncer and peer connections.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hourglass_proto::internal::HelloRequest;
+use hourglass_storage::{ClusterMeta, LogSyncer, Store, TimerEvents};
+use hourglass_types::{NodeId, Placement, TypeConfig};
+use openraft::{BasicNode, Raft};
+use tracing::{info, warn, Instrument};
+
+use crate::config::NodeConfig;
+use crate::dispatch::Dispatcher;
+use crate::engine;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::network::{GroupNetworkFactory, Peers};
+
+/// Schedule changes buffered per partition before a slow engine must reload its window.
+const EVENT_BUFFER: usize = 65_536;
+
+pub type Group = Raft<TypeConfig>;
+
+/// One partition replica on this node.
+#[derive(Clone)]
+struct GroupSlot {
+    raft: Group,
+    events: TimerEvents,
+    /// Timers in the engine's wheel while this node leads; 0 otherwise.
+    in_memory: Arc<AtomicU64>,
+}
+
+/// Shared state of a running node.
+pub struct Host {
+    pub node_id: NodeId,
+    pub config: NodeConfig,
+    pub store: Store,
+    pub peers: Arc<Peers>,
+    /// Set once start-up checks pass; Raft RPCs that arrive earlier are refused as unavailable.
+    meta: OnceLock<ClusterMeta>,
+    groups: OnceLock<HashMap<u32, GroupSlot>>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub metrics: Arc<Metrics>,
+    stopping: AtomicBool,
+}
+
+impl Host {
+    pub fn open(config: NodeConfig) -> Result<Arc<Self>> {
+        let store = Store::open(&config.data_dir)?;
+        let metrics = Arc::new(Metrics::new(config.node_id));
+        let host = Host {
+            node_id: config.node_id,
+            peers: Arc::new(Peers::new(&config.peers)),
+            store,
+            meta: OnceLock::new(),
+            groups: OnceLock::new(),
+            dispatcher: Arc::new(Dispatcher::new(config.ack_timeout(), Arc::clone(&metrics))),
+            metrics,
+            stopping: AtomicBool::new(false),
+            config,
+        };
+        if let Some(meta) = host.store.cluster_meta()? {
+            host.store
+                .check_meta(&meta, host.node_id, host.config.partitions)?;
+            host.meta.set(meta).expect("meta is set once");
+        }
+        Ok(Arc::new(host))
+    }
+
+    /// True once this node's identity is recorded (it answers peers' hellos as ready).
+    pub fn is_ready(&self) -> bool {
+        self.meta.get().is_some()
+    }
+
+    pub fn placement(&self) -> Option<&Placement> {
+        self.meta.get().map(|m| &m.placement)
+    }
+
+    pub fn group(&self, partition: u32) -> Option<&Group> {
+        self.groups.get()?.get(&partition).map(|g| &g.raft)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = (u32, &Group)> {
+        self.groups
+            .get()
+            .into_iter()
+            .flat_map(|g| g.iter().map(|(p, slot)| (*p, &slot.raft)))
+    }
+
+    /// Timers of `partition` held in memory by this node's engine.
+    pub fn timers_in_memory(&self, partition: u32) -> u64 {
+        self.groups
+            .get()
+            .and_then(|g| g.get(&partition))
+            .map(|slot| slot.in_memory.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Start-up: records the cluster identity on first start (refusing a wiped node), creates
+    /// this node's groups, and bootstraps the groups it is responsible for.
+    pub async fn start(self: &Arc<Self>) -> Result<()> {
+        if self.meta.get().is_none() {
+            let placement = Placement::compute(
+                self.config.partitions,
+                &self.config.node_ids(),
+                self.config.replication_factor,
+            )?;
+            self.check_not_wiped().await?;
+            let meta = ClusterMeta {
+                node_id: self.node_id,
+                partitions: self.config.partitions,
+                replication_factor: self.config.replication_factor,
+                placement,
+            };
+            self.store.write_cluster_meta(&meta)?;
+            let _ = self.meta.set(meta);
+            info!(node_id = self.node_id, "cluster identity recorded");
+        }
+        let meta = self.meta.get().expect("set above");
+        let expected = Placement::compute(
+            meta.partitions,
+            &self.config.node_ids(),
+            meta.replication_factor,
+        )
+        .ok();
+        if expected.as_ref() != Some(&meta.placement) {
+            warn!(
+                node_id = self.node_id,
+                "configured peers differ from the recorded placement; keeping the recorded placement"
+            );
+        }
+        let raft_config = Arc::new(self.config.openraft_config()?);
+        let syncer = LogSyncer::start(&self.store);
+        let mut groups = HashMap::new();
+        for partition in meta.placement.partitions_of(self.node_id) {
+            let network = GroupNetworkFactory {
+                partition,
+                peers: Arc::clone(&self.peers),
+            };
+            let events = tokio::sync::broadcast::channel(EVENT_BUFFER).0;
+            let raft = Raft::new(
+                self.node_id,
+                Arc::clone(&raft_config),
+                network,
+                self.store.log_store(partition, syncer.clone()),
+                self.store.state_machine(partition, events.clone())?,
+            )
+            .instrument(tracing::info_span!(
+                "group",
+                node_id = self.node_id,
+                partition
+            ))
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+            groups.insert(
+                partition,
+                GroupSlot {
+                    raft,
+                    events,
+                    in_memory: Arc::new(AtomicU64::new(0)),
+                },
+            );
+        }
+        info!(
+            node_id = self.node_id,
+            groups = groups.len(),
+            "raft groups started"
+        );
+        let _ = self.groups.set(groups);
+        let host = Arc::clone(self);
+        tokio::spawn(async move { host.bootstrap().await });
+        for (partition, _) in self.groups() {
+            tokio::spawn(Arc::clone(self).lead(partition));
+        }
+        let host = Arc::clone(self);
+        tokio::spawn(async move { host.expire_acks().await });
+        Ok(())
+    }
+
+    /// Runs the partition's timer engine exactly while this node leads the partition.
+    async fn lead(self: Arc<Self>, partition: u32) {
+        let Some(GroupSlot {
+            raft: group,
+            events,
+            in_memory,
+        }) = self.groups.get().and_then(|g| g.get(&partition)).cloned()
+        else {
+            return;
+        };
+        let mut metrics = group.metrics();
+        let mut running: Option<(
+            tokio::sync::watch::Sender<bool>,
+            tokio::task::JoinHandle<()>,
+        )> = None;
+        let (mut last_leader, mut last_snapshot) = (None, None);
+        loop {
+            let leading = {
+                let m = metrics.borrow();
+                if m.current_leader != last_leader {
+                    if m.current_leader.is_some() {
+                        self.metrics.raft_leader_changes.inc();
+                    }
+                    last_leader = m.current_leader;
+                }
+                if m.snapshot != last_snapshot {
+                    if m.snapshot.is_some() {
+                        self.metrics.raft_snapshots.inc();
+                    }
+                    last_snapshot = m.snapshot;
+                }
+                m.current_leader == Some(self.node_id) && m.state.is_leader()
+            };
+            if running.as_ref().is_some_and(|(_, task)| task.is_finished()) {
+                running = None;
+            }
+            match (leading, running.is_some()) {
+                (true, false) => {
+                    let (stop, stopped) = tokio::sync::watch::channel(false);
+                    let context = engine::EngineContext {
+                        partition,
+                        group: group.clone(),
+                        store: self.store.clone(),
+                        events: events.clone(),
+                        dispatcher: Arc::clone(&self.dispatcher),
+                        metrics: Arc::clone(&self.metrics),
+                        config: self.config.engine_config(),
+                        in_memory: Arc::clone(&in_memory),
+                    };
+                    let task = tokio::spawn(engine::run(context, stopped).instrument(
+                        tracing::info_span!("engine", node_id = self.node_id, partition),
+                    ));
+                    running = Some((stop, task));
+                }
+                (false, true) => {
+                    if let Some((stop, task)) = running.take() {
+                        stop_engine(stop, task).await;
+                    }
+                }
+                _ => {}
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { break },
+                // An engine that stopped on an error is restarted while still leading.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        if let Some((stop, task)) = running.take() {
+            stop_engine(stop, task).await;
+        }
+    }
+
+    async fn expire_acks(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if self.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            self.dispatcher.expire(std::time::Instant::now());
+        }
+    }
+
+    /// A node starting with empty data asks its peers whether the cluster already exists. If
+    /// one holds Raft state, this node's votes and log were lost: joining would risk two
+    /// leaders in one term, so it refuses. Peers that are still starting are waited for.
+    async fn check_not_wiped(&self) -> Result<()> {
+        let others: Vec<NodeId> = self
+            .config
+            .node_ids()
+            .into_iter()
+            .filter(|&id| id != self.node_id)
+            .collect();
+        let mut answered: BTreeMap<NodeId, bool> = BTreeMap::new();
+        let mut waits = 0u32;
+        loop {
+            for &peer in &others {
+                if answered.contains_key(&peer) {
+                    continue;
+                }
+                let Some(mut client) = self.peers.transport(peer) else {
+                    continue;
+                };
+                let mut req = tonic::Request::new(HelloRequest {
+                    from_node: self.node_id,
+                    partition_count: self.config.partitions,
+                });
+                req.set_timeout(Duration::from_secs(2));
+                let Ok(resp) = client.hello(req).await else {
+                    continue;
+                };
+                let resp = resp.into_inner();
+                if resp.partition_count != self.config.partitions {
+                    return Err(Error::PeerPartitionMismatch {
+                        peer,
+                        theirs: resp.partition_count,
+                        ours: self.config.partitions,
+                    });
+                }
+                if resp.initialized {
+                    return Err(Error::WipedNode {
+                        dir: self.config.data_dir.clone(),
+                        peer,
+                    });
+                }
+                answered.insert(peer, true);
+            }
+            if answered.len() == others.len() {
+                return Ok(());
+            }
+            if waits.is_multiple_of(10) {
+                let missing: Vec<_> = others
+                    .iter()
+                    .filter(|p| !answered.contains_key(p))
+                    .collect();
+                info!(
+                    node_id = self.node_id,
+                    ?missing,
+                    "new node waiting for peers before joining"
+                );
+            }
+            waits += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The lowest-numbered replica of each partition initializes its group once every replica
+    /// has recorded its identity. Initializing an already initialized group is refused by
+    /// openraft, which makes this safe to repeat on every start.
+    async fn bootstrap(self: Arc<Self>) {
+        let meta = self.meta.get().expect("bootstrap runs after start");
+        let mine: Vec<(u32, Vec<NodeId>)> = meta
+            .placement
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.iter().min() == Some(&self.node_id))
+            .map(|(p, r)| (p as u32, r.clone()))
+            .collect();
+        if mine.is_empty() {
+            return;
+        }
+        let mut replicas: Vec<NodeId> = mine.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+        replicas.sort_unstable();
+        replicas.dedup();
+        self.wait_ready(&replicas).await;
+        for (partition, members) in mine {
+            let Some(raft) = self.group(partition) else {
+                continue;
+            };
+            if raft.is_initialized().await.unwrap_or(true) {
+                continue;
+            }
+            let nodes: BTreeMap<NodeId, BasicNode> = members
+                .iter()
+                .map(|id| {
+                    (
+                        *id,
+                        BasicNode::new(self.peers.address(*id).unwrap_or_default()),
+                    )
+                })
+                .collect();
+            match raft.initialize(nodes).await {
+                Ok(()) => info!(node_id = self.node_id, partition, "group initialized"),
+                Err(e) => {
+                    info!(node_id = self.node_id, partition, error = %e, "group already initialized")
+                }
+            }
+        }
+    }
+
+    async fn wait_ready(&self, replicas: &[NodeId]) {
+        for &peer in replicas.iter().filter(|&&p| p != self.node_id) {
+            loop {
+                if let Some(mut client) = self.peers.transport(peer) {
+                    let req = HelloRequest {
+                        from_node: self.node_id,
+                        partition_count: self.config.partitions,
+                    };
+                    if let Ok(resp) = client.hello(req).await {
+                        if resp.into_inner().ready {
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        for (partition, raft) in self.groups() {
+            if let Err(e) = raft.shutdown().await {
+                warn!(node_id = self.node_id, partition, error = %e, "group shutdown failed");
+            }
+        }
+    }
+}
+
+/// Asks an engine to stop; one stuck waiting on a quorum is aborted (its cleanup still runs).
+async fn stop_engine(
+    stop: tokio::sync::watch::Sender<bool>,
+    mut task: tokio::task::JoinHandle<()>,
+) {
+    let _ = stop.send(true);
+    if tokio::time::timeout(Duration::from_secs(2), &mut task)
+        .await
+        .is_err()
+    {
+        task.abort();
+        let _ = task.await;
+    }
+}

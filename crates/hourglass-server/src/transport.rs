@@ -1,0 +1,152 @@
+//! Raft transport, server side: decodes a peer's openraft message and hands it to the group
+//! of its partition.
+
+use std::sync::Arc;
+
+use hourglass_proto::internal::raft_transport_server::RaftTransport;
+use hourglass_proto::internal::{
+    HelloRequest, HelloResponse, LocalPartition, LocalStatusRequest, LocalStatusResponse,
+    RaftMessage,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::host::{Group, Host};
+
+pub struct TransportService {
+    pub host: Arc<Host>,
+}
+
+impl TransportService {
+    fn group(&self, partition: u32) -> Result<&Group, Status> {
+        self.host.group(partition).ok_or_else(|| {
+            Status::unavailable(format!(
+                "node {} does not (yet) host a replica of partition {partition}",
+                self.host.node_id
+            ))
+        })
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
+    bincode::deserialize(body)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+}
+
+fn reply<T: Serialize>(partition: u32, value: &T) -> Result<Response<RaftMessage>, Status> {
+    let body = bincode::serialize(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftMessage { partition, body }))
+}
+
+#[tonic::async_trait]
+impl RaftTransport for TransportService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let m = request.into_inner();
+        let result = self
+            .group(m.partition)?
+            .append_entries(decode(&m.body)?)
+            .await;
+        reply(m.partition, &result)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = request.into_inner();
+        let result = self.group(m.partition)?.vote(decode(&m.body)?).await;
+        reply(m.partition, &result)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let m = request.into_inner();
+        let result = self
+            .group(m.partition)?
+            .install_snapshot(decode(&m.body)?)
+            .await;
+        reply(m.partition, &result)
+    }
+
+    async fn hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloResponse>, Status> {
+        let from = request.into_inner().from_node;
+        // Only groups shared with the caller matter: with more nodes than replicas, other
+        // groups may legitimately start before the caller has joined.
+        let initialized = match self.host.placement() {
+            Some(placement) => {
+                let shared = placement
+                    .replicas
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.contains(&from))
+                    .map(|(p, _)| p as u32);
+                self.host
+                    .store
+                    .has_raft_state(shared)
+                    .map_err(|e| Status::internal(e.to_string()))?
+            }
+            None => false,
+        };
+        Ok(Response::new(HelloResponse {
+            node_id: self.host.node_id,
+            partition_count: self.host.config.partitions,
+            ready: self.host.is_ready(),
+            initialized,
+        }))
+    }
+
+    async fn local_status(
+        &self,
+        _request: Request<LocalStatusRequest>,
+    ) -> Result<Response<LocalStatusResponse>, Status> {
+        let mut partitions = Vec::new();
+        for (partition, raft) in self.host.groups() {
+            let m = raft.metrics().borrow().clone();
+            let pending = self
+                .host
+                .store
+                .partition_state(partition)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .pending;
+            partitions.push(LocalPartition {
+                partition,
+                leader: m.current_leader.unwrap_or(0),
+                term: m.current_term,
+                applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+                timers_pending: pending,
+                timers_in_memory: self.host.timers_in_memory(partition),
+            });
+        }
+        partitions.sort_by_key(|p| p.partition);
+        Ok(Response::new(LocalStatusResponse {
+            node_id: self.host.node_id,
+            http_address: self
+                .host
+                .config
+                .http_listen
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            partitions,
+            rss_bytes: resident_memory_bytes(),
+        }))
+    }
+}
+
+/// Resident set size of this process, from `/proc/self/statm` (0 where unavailable).
+fn resident_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}

@@ -1,0 +1,245 @@
+//! The one place where column families and key layouts are defined.
+//!
+//! Every key starts with the partition id as a big-endian `u32`, so that one partition's data
+//! is one contiguous range per column family (snapshots iterate it, installs delete it).
+//! Strings inside keys use an order-preserving, prefix-free escape (`0x00` → `0x00 0xFF`,
+//! terminated by `0x00 0x01`) so that byte order equals the order of the decoded tuple.
+
+use hourglass_types::TimerKey;
+
+/// Raft log entries: `partition | index (u64 BE)`.
+pub const CF_RAFT_LOG: &str = "raft_log";
+/// Raft hard state: `partition | tag`.
+pub const CF_RAFT_STATE: &str = "raft_state";
+/// State-machine bookkeeping: `partition | tag`.
+pub const CF_SM_META: &str = "sm_meta";
+/// Timers by id: `partition | workflow_id | timer_id`.
+pub const CF_TIMERS: &str = "timers";
+/// Scheduled timers by due time: `partition | fire_at_ms (u64 BE) | workflow_id | timer_id`.
+pub const CF_DUE: &str = "due";
+/// Fired timers not yet acknowledged: `partition | workflow_id | timer_id`.
+pub const CF_FIRED: &str = "fired";
+/// Tombstones by the time they were written, for expiry:
+/// `partition | finished_at_ms (u64 BE) | workflow_id | timer_id`.
+pub const CF_TOMBSTONES: &str = "tombstones";
+
+/// Every column family this crate opens, `default` (node metadata) aside.
+pub const ALL_CFS: [&str; 7] = [
+    CF_RAFT_LOG,
+    CF_RAFT_STATE,
+    CF_SM_META,
+    CF_TIMERS,
+    CF_DUE,
+    CF_FIRED,
+    CF_TOMBSTONES,
+];
+/// The column families that make up a partition's state machine, hence its snapshot.
+pub const SNAPSHOT_CFS: [&str; 4] = [CF_TIMERS, CF_DUE, CF_FIRED, CF_TOMBSTONES];
+
+/// Tags of `CF_RAFT_STATE`.
+pub const RAFT_VOTE: u8 = 1;
+pub const RAFT_COMMITTED: u8 = 2;
+pub const RAFT_LAST_PURGED: u8 = 3;
+
+/// Tags of `CF_SM_META`.
+pub const SM_LAST_APPLIED: u8 = 1;
+pub const SM_MEMBERSHIP: u8 = 2;
+pub const SM_PENDING: u8 = 3;
+pub const SM_SNAPSHOT: u8 = 4;
+
+/// Keys of the `default` column family.
+pub const META_CLUSTER: &[u8] = b"cluster";
+
+pub fn partition_prefix(partition: u32) -> [u8; 4] {
+    partition.to_be_bytes()
+}
+
+/// The first key after every key of `partition`, for range deletes and iterator bounds.
+/// Partition ids stay far below `u32::MAX`, so the successor always exists.
+pub fn partition_end(partition: u32) -> [u8; 4] {
+    debug_assert!(partition < u32::MAX);
+    (partition + 1).to_be_bytes()
+}
+
+pub fn tagged(partition: u32, tag: u8) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[..4].copy_from_slice(&partition.to_be_bytes());
+    k[4] = tag;
+    k
+}
+
+fn partition_and_u64(partition: u32, n: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&partition.to_be_bytes());
+    k[4..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+pub fn log_key(partition: u32, index: u64) -> [u8; 12] {
+    partition_and_u64(partition, index)
+}
+
+pub fn log_index_of(key: &[u8]) -> u64 {
+    debug_assert_eq!(key.len(), 12);
+    u64::from_be_bytes(key[4..12].try_into().expect("log keys are 12 bytes"))
+}
+
+fn put_escaped(out: &mut Vec<u8>, s: &[u8]) {
+    for &b in s {
+        out.push(b);
+        if b == 0 {
+            out.push(0xFF);
+        }
+    }
+    out.extend_from_slice(&[0x00, 0x01]);
+}
+
+/// Reads one escaped string from the front of `input`; returns it and the rest.
+fn take_escaped(input: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < input.len() {
+        let b = input[i];
+        if b == 0 {
+            match input.get(i + 1)? {
+                0xFF => out.push(0),
+                0x01 => return Some((out, &input[i + 2..])),
+                _ => return None,
+            }
+            i += 2;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    None
+}
+
+/// Prefix of every timer of one workflow in `CF_TIMERS`.
+pub fn workflow_prefix(partition: u32, workflow_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + workflow_id.len());
+    k.extend_from_slice(&partition.to_be_bytes());
+    put_escaped(&mut k, workflow_id.as_bytes());
+    k
+}
+
+pub fn timer_key(partition: u32, key: &TimerKey) -> Vec<u8> {
+    let mut k = workflow_prefix(partition, &key.workflow_id);
+    put_escaped(&mut k, key.timer_id.as_bytes());
+    k
+}
+
+fn timed_key(partition: u32, at_ms: u64, key: &TimerKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + key.workflow_id.len() + key.timer_id.len());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    put_escaped(&mut k, key.workflow_id.as_bytes());
+    put_escaped(&mut k, key.timer_id.as_bytes());
+    k
+}
+
+/// Every `CF_DUE` (or `CF_TOMBSTONES`) key of `partition` timed before `at_ms` sorts below
+/// this bound.
+pub fn due_bound(partition: u32, at_ms: u64) -> [u8; 12] {
+    partition_and_u64(partition, at_ms)
+}
+
+pub fn due_key(partition: u32, fire_at_ms: u64, key: &TimerKey) -> Vec<u8> {
+    timed_key(partition, fire_at_ms, key)
+}
+
+pub fn tombstone_key(partition: u32, finished_at_ms: u64, key: &TimerKey) -> Vec<u8> {
+    timed_key(partition, finished_at_ms, key)
+}
+
+/// Decodes a `CF_DUE` or `CF_TOMBSTONES` key into `(partition, time, key)`.
+pub fn decode_timed_key(k: &[u8]) -> Option<(u32, u64, TimerKey)> {
+    let partition = u32::from_be_bytes(k.get(..4)?.try_into().ok()?);
+    let at = u64::from_be_bytes(k.get(4..12)?.try_into().ok()?);
+    let (wf, rest) = take_escaped(&k[12..])?;
+    let (tid, rest) = take_escaped(rest)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let key = TimerKey {
+        workflow_id: String::from_utf8(wf).ok()?,
+        timer_id: String::from_utf8(tid).ok()?,
+    };
+    Some((partition, at, key))
+}
+
+/// Decodes a `CF_TIMERS` key into `(partition, key)`.
+pub fn decode_timer_key(k: &[u8]) -> Option<(u32, TimerKey)> {
+    let partition = u32::from_be_bytes(k.get(..4)?.try_into().ok()?);
+    let (wf, rest) = take_escaped(&k[4..])?;
+    let (tid, rest) = take_escaped(rest)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let key = TimerKey {
+        workflow_id: String::from_utf8(wf).ok()?,
+        timer_id: String::from_utf8(tid).ok()?,
+    };
+    Some((partition, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(w: &str, t: &str) -> TimerKey {
+        TimerKey {
+            workflow_id: w.into(),
+            timer_id: t.into(),
+        }
+    }
+
+    // Strings with NULs and 0xFF-adjacent chars exercise the escape.
+    fn id() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-c\u{0}\u{1}]{0,6}", ".{0,12}",]
+    }
+
+    proptest! {
+        #[test]
+        fn due_key_order_equals_tuple_order(
+            a in (0u32..3, any::<u64>(), id(), id()),
+            b in (0u32..3, any::<u64>(), id(), id()),
+        ) {
+            let ka = due_key(a.0, a.1, &key(&a.2, &a.3));
+            let kb = due_key(b.0, b.1, &key(&b.2, &b.3));
+            let ta = (a.0, a.1, a.2.as_bytes(), a.3.as_bytes());
+            let tb = (b.0, b.1, b.2.as_bytes(), b.3.as_bytes());
+            prop_assert_eq!(ka.cmp(&kb), ta.cmp(&tb));
+            prop_assert_eq!(decode_timed_key(&ka), Some((a.0, a.1, key(&a.2, &a.3))));
+        }
+
+        #[test]
+        fn timer_key_order_equals_tuple_order(
+            a in (0u32..3, id(), id()),
+            b in (0u32..3, id(), id()),
+        ) {
+            let ka = timer_key(a.0, &key(&a.1, &a.2));
+            let kb = timer_key(b.0, &key(&b.1, &b.2));
+            let ta = (a.0, a.1.as_bytes(), a.2.as_bytes());
+            let tb = (b.0, b.1.as_bytes(), b.2.as_bytes());
+            prop_assert_eq!(ka.cmp(&kb), ta.cmp(&tb));
+            prop_assert_eq!(decode_timer_key(&ka), Some((a.0, key(&a.1, &a.2))));
+            // A workflow's prefix selects exactly that workflow's timers.
+            prop_assert_eq!(ka.starts_with(&workflow_prefix(b.0, &b.1)), a.0 == b.0 && a.1 == b.1);
+        }
+
+        #[test]
+        fn log_key_order(p in 0u32..5, q in 0u32..5, i in any::<u64>(), j in any::<u64>()) {
+            prop_assert_eq!(log_key(p, i).cmp(&log_key(q, j)), (p, i).cmp(&(q, j)));
+            prop_assert_eq!(log_index_of(&log_key(p, i)), i);
+        }
+    }
+
+    #[test]
+    fn partition_ranges_nest() {
+        let k = due_key(7, u64::MAX, &key("\u{ff}", "\u{ff}"));
+        assert!(k.as_slice() >= partition_prefix(7).as_slice());
+        assert!(k.as_slice() < partition_end(7).as_slice());
+    }
+}

@@ -1,0 +1,200 @@
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use hourglass_types::{NodeId, TypeConfig};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+
+use crate::codec;
+use crate::keys;
+use crate::store::Store;
+use crate::syncer::LogSyncer;
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// The Raft log and hard state of one partition's group on this node.
+#[derive(Clone)]
+pub struct LogStore {
+    store: Store,
+    partition: u32,
+    syncer: LogSyncer,
+}
+
+impl LogStore {
+    pub(crate) fn new(store: Store, partition: u32, syncer: LogSyncer) -> Self {
+        LogStore {
+            store,
+            partition,
+            syncer,
+        }
+    }
+
+    fn get_state<T: serde::de::DeserializeOwned>(&self, tag: u8) -> crate::Result<Option<T>> {
+        self.store
+            .db
+            .get_cf(
+                self.store.cf(keys::CF_RAFT_STATE),
+                keys::tagged(self.partition, tag),
+            )?
+            .map(|v| codec::decode("raft state", &v))
+            .transpose()
+    }
+
+    fn put_state<T: serde::Serialize>(&self, tag: u8, value: &T, sync: bool) -> crate::Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.store.db.put_cf_opt(
+            self.store.cf(keys::CF_RAFT_STATE),
+            keys::tagged(self.partition, tag),
+            codec::encode(value),
+            &wo,
+        )?;
+        Ok(())
+    }
+
+    fn last_entry_log_id(&self) -> crate::Result<Option<LogId<NodeId>>> {
+        let end = keys::partition_end(self.partition);
+        let mut iter = self.store.db.iterator_cf(
+            self.store.cf(keys::CF_RAFT_LOG),
+            IteratorMode::From(&end, Direction::Reverse),
+        );
+        // `From(end, Reverse)` starts at the last key <= end; `end` itself never exists.
+        match iter.next().transpose()? {
+            Some((k, v)) if k.starts_with(&keys::partition_prefix(self.partition)) => {
+                let entry: Entry<TypeConfig> = codec::decode("log entry", &v)?;
+                Ok(Some(entry.log_id))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let from = keys::log_key(self.partition, start);
+        let iter = self.store.db.iterator_cf(
+            self.store.cf(keys::CF_RAFT_LOG),
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        let prefix = keys::partition_prefix(self.partition);
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            if !k.starts_with(&prefix) || !range.contains(&keys::log_index_of(&k)) {
+                break;
+            }
+            out.push(codec::decode("log entry", &v).map_err(|e| StorageIOError::read_logs(&e))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self
+            .get_state(keys::RAFT_LAST_PURGED)
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last = self
+            .last_entry_log_id()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        // A vote must survive a crash before it is answered: always synced.
+        self.put_state(keys::RAFT_VOTE, vote, true)
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        self.get_state(keys::RAFT_VOTE)
+            .map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        self.put_state(keys::RAFT_COMMITTED, &committed, false)
+            .map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(self
+            .get_state::<Option<LogId<NodeId>>>(keys::RAFT_COMMITTED)
+            .map_err(|e| StorageIOError::read(&e))?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = self.store.cf(keys::CF_RAFT_LOG);
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(
+                cf,
+                keys::log_key(self.partition, entry.log_id.index),
+                codec::encode(&entry),
+            );
+        }
+        // Written now so readers see the entries at once; durable once the syncer's fsync
+        // covering this write completes the callback.
+        self.store
+            .db
+            .write(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.syncer.after_sync(callback);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.store.cf(keys::CF_RAFT_LOG),
+            &keys::log_key(self.partition, log_id.index)[..],
+            &keys::partition_end(self.partition)[..],
+        );
+        self.store
+            .db
+            .write(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.store.cf(keys::CF_RAFT_STATE),
+            keys::tagged(self.partition, keys::RAFT_LAST_PURGED),
+            codec::encode(&log_id),
+        );
+        batch.delete_range_cf(
+            self.store.cf(keys::CF_RAFT_LOG),
+            keys::log_key(self.partition, 0),
+            keys::log_key(self.partition, log_id.index + 1),
+        );
+        self.store
+            .db
+            .write(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}

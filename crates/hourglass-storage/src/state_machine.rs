@@ -1,0 +1,655 @@
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hourglass_types::{
+    Command, CommandResponse, NodeId, TimerKey, TimerRecord, TimerState, TypeConfig,
+};
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError,
+    StorageIOError, StoredMembership,
+};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::store::Store;
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type Membership = StoredMembership<NodeId, BasicNode>;
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"HGSNAP01";
+const SNAPSHOT_END: u8 = 0xFF;
+
+/// The current snapshot of a partition, as recorded in `CF_SM_META`.
+#[derive(Serialize, Deserialize)]
+struct SnapshotRecord {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    file: String,
+}
+
+/// What applying commands changed in a partition's schedule, for the timer engine of its
+/// leader. Sent after the change is written; nobody listening is normal (followers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerEvent {
+    Scheduled {
+        key: TimerKey,
+        fire_at_ms: u64,
+    },
+    /// Cancelled or fired: no longer due.
+    Unscheduled {
+        key: TimerKey,
+        fire_at_ms: u64,
+    },
+    /// The partition's whole state was replaced by a snapshot.
+    Reset,
+}
+
+pub type TimerEvents = tokio::sync::broadcast::Sender<TimerEvent>;
+
+/// The timer state machine of one partition on this node.
+pub struct StateMachine {
+    store: Store,
+    partition: u32,
+    dir: PathBuf,
+    events: TimerEvents,
+}
+
+impl StateMachine {
+    pub(crate) fn open(store: Store, partition: u32, events: TimerEvents) -> Result<Self> {
+        let dir = store.snapshot_dir(partition);
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        // Half-received snapshots from before a restart are useless.
+        remove_files(&dir, |name| name.starts_with("incoming-"));
+        Ok(StateMachine {
+            store,
+            partition,
+            dir,
+            events,
+        })
+    }
+
+    fn meta_get<T: serde::de::DeserializeOwned>(&self, tag: u8) -> Result<Option<T>> {
+        self.store
+            .db
+            .get_cf(
+                self.store.cf(keys::CF_SM_META),
+                keys::tagged(self.partition, tag),
+            )?
+            .map(|v| codec::decode("state machine metadata", &v))
+            .transpose()
+    }
+
+    fn meta_put<T: Serialize>(&self, batch: &mut WriteBatch, tag: u8, value: &T) {
+        batch.put_cf(
+            self.store.cf(keys::CF_SM_META),
+            keys::tagged(self.partition, tag),
+            codec::encode(value),
+        );
+    }
+
+    fn apply_command(
+        &self,
+        batch: &mut WriteBatch,
+        events: &mut Vec<TimerEvent>,
+        command: Command,
+    ) -> Result<CommandResponse> {
+        let p = self.partition;
+        let timers_cf = self.store.cf(keys::CF_TIMERS);
+        match command {
+            Command::Schedule {
+                key,
+                definition,
+                received_at_ms,
+            } => {
+                if let Some(existing) = self.store.get_timer(p, &key)? {
+                    return Ok(if existing.definition == definition {
+                        CommandResponse::Scheduled {
+                            timer: existing,
+                            created: false,
+                        }
+                    } else {
+                        CommandResponse::AlreadyExists { existing }
+                    });
+                }
+                let record = TimerRecord {
+                    fire_at_ms: definition.resolve_fire_at(received_at_ms),
+                    key,
+                    definition,
+                    state: TimerState::Scheduled,
+                    created_at_ms: received_at_ms,
+                    fired_at_ms: None,
+                    finished_at_ms: None,
+                    attempt: 0,
+                };
+                batch.put_cf(
+                    timers_cf,
+                    keys::timer_key(p, &record.key),
+                    codec::encode_timer(&record),
+                );
+                batch.put_cf(
+                    self.store.cf(keys::CF_DUE),
+                    keys::due_key(p, record.fire_at_ms, &record.key),
+                    [],
+                );
+                self.add_pending(batch, 1)?;
+                events.push(TimerEvent::Scheduled {
+                    key: record.key.clone(),
+                    fire_at_ms: record.fire_at_ms,
+                });
+                Ok(CommandResponse::Scheduled {
+                    timer: record,
+                    created: true,
+                })
+            }
+            Command::Cancel {
+                key,
+                received_at_ms,
+            } => {
+                let Some(mut record) = self.store.get_timer(p, &key)? else {
+                    return Ok(CommandResponse::NotFound);
+                };
+                match record.state {
+                    TimerState::Scheduled => {
+                        record.state = TimerState::Cancelled;
+                        record.finished_at_ms = Some(received_at_ms);
+                        batch.put_cf(
+                            timers_cf,
+                            keys::timer_key(p, &key),
+                            codec::encode_timer(&record),
+                        );
+                        batch.delete_cf(
+                            self.store.cf(keys::CF_DUE),
+                            keys::due_key(p, record.fire_at_ms, &key),
+                        );
+                        batch.put_cf(
+                            self.store.cf(keys::CF_TOMBSTONES),
+                            keys::tombstone_key(p, received_at_ms, &key),
+                            [],
+                        );
+                        self.add_pending(batch, -1)?;
+                        events.push(TimerEvent::Unscheduled {
+                            key,
+                            fire_at_ms: record.fire_at_ms,
+                        });
+                        Ok(CommandResponse::Cancelled { timer: record })
+                    }
+                    TimerState::Cancelled => Ok(CommandResponse::Cancelled { timer: record }),
+                    TimerState::Fired | TimerState::Completed => {
+                        Ok(CommandResponse::AlreadyFired { timer: record })
+                    }
+                }
+            }
+            Command::Fire {
+                mut timers,
+                fired_at_ms,
+            } => {
+                dedup_keep_order(&mut timers);
+                let mut fired = Vec::new();
+                for key in timers {
+                    let Some(mut record) = self.store.get_timer(p, &key)? else {
+                        continue;
+                    };
+                    if record.state != TimerState::Scheduled || record.fire_at_ms > fired_at_ms {
+                        continue;
+                    }
+                    record.state = TimerState::Fired;
+                    record.fired_at_ms = Some(fired_at_ms);
+                    record.attempt = 1;
+                    batch.put_cf(
+                        timers_cf,
+                        keys::timer_key(p, &key),
+                        codec::encode_timer(&record),
+                    );
+                    batch.delete_cf(
+                        self.store.cf(keys::CF_DUE),
+                        keys::due_key(p, record.fire_at_ms, &key),
+                    );
+                    batch.put_cf(self.store.cf(keys::CF_FIRED), keys::timer_key(p, &key), []);
+                    events.push(TimerEvent::Unscheduled {
+                        key,
+                        fire_at_ms: record.fire_at_ms,
+                    });
+                    fired.push(record);
+                }
+                self.add_pending(batch, -(fired.len() as i64))?;
+                Ok(CommandResponse::Fired { timers: fired })
+            }
+            Command::Complete {
+                timers: mut keys_done,
+                completed_at_ms,
+            } => {
+                dedup_keep_order(&mut keys_done);
+                let mut count = 0;
+                for key in keys_done {
+                    let Some(mut record) = self.store.get_timer(p, &key)? else {
+                        continue;
+                    };
+                    if record.state != TimerState::Fired {
+                        continue;
+                    }
+                    record.state = TimerState::Completed;
+                    record.finished_at_ms = Some(completed_at_ms);
+                    batch.put_cf(
+                        timers_cf,
+                        keys::timer_key(p, &key),
+                        codec::encode_timer(&record),
+                    );
+                    batch.delete_cf(self.store.cf(keys::CF_FIRED), keys::timer_key(p, &key));
+                    batch.put_cf(
+                        self.store.cf(keys::CF_TOMBSTONES),
+                        keys::tombstone_key(p, completed_at_ms, &key),
+                        [],
+                    );
+                    count += 1;
+                }
+                Ok(CommandResponse::Completed { count })
+            }
+            Command::Expire {
+                mut timers,
+                before_ms,
+            } => {
+                dedup_keep_order(&mut timers);
+                let mut count = 0;
+                for key in timers {
+                    let Some(record) = self.store.get_timer(p, &key)? else {
+                        continue;
+                    };
+                    let Some(finished) =
+                        record.finished_at_ms.filter(|_| record.state.is_terminal())
+                    else {
+                        continue;
+                    };
+                    if finished >= before_ms {
+                        continue;
+                    }
+                    batch.delete_cf(timers_cf, keys::timer_key(p, &key));
+                    batch.delete_cf(
+                        self.store.cf(keys::CF_TOMBSTONES),
+                        keys::tombstone_key(p, finished, &key),
+                    );
+                    count += 1;
+                }
+                Ok(CommandResponse::Expired { count })
+            }
+        }
+    }
+
+    fn add_pending(&self, batch: &mut WriteBatch, delta: i64) -> Result<()> {
+        if delta == 0 {
+            return Ok(());
+        }
+        let pending = self.store.partition_state(self.partition)?.pending;
+        let next = pending.checked_add_signed(delta).ok_or_else(|| {
+            Error::corrupt(
+                "pending count",
+                format!("{pending} cannot change by {delta}"),
+            )
+        })?;
+        self.meta_put(batch, keys::SM_PENDING, &next);
+        Ok(())
+    }
+
+    fn apply_entry(&self, entry: Entry<TypeConfig>) -> Result<CommandResponse> {
+        let mut batch = WriteBatch::default();
+        let mut events = Vec::new();
+        let response = match entry.payload {
+            EntryPayload::Blank => CommandResponse::None,
+            EntryPayload::Normal(command) => {
+                self.apply_command(&mut batch, &mut events, command)?
+            }
+            EntryPayload::Membership(m) => {
+                self.meta_put(
+                    &mut batch,
+                    keys::SM_MEMBERSHIP,
+                    &Membership::new(Some(entry.log_id), m),
+                );
+                CommandResponse::None
+            }
+        };
+        self.meta_put(&mut batch, keys::SM_LAST_APPLIED, &Some(entry.log_id));
+        // Not synced: the WAL is shared with the log, whose next synced append covers this
+        // write, and anything lost is re-applied from the log on restart.
+        self.store.db.write(batch)?;
+        for event in events {
+            // No receiver is normal: only a leader runs a timer engine.
+            let _ = self.events.send(event);
+        }
+        Ok(response)
+    }
+
+    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>> {
+        let Some(record) = self.meta_get::<SnapshotRecord>(keys::SM_SNAPSHOT)? else {
+            return Ok(None);
+        };
+        let path = self.dir.join(&record.file);
+        let file = std::fs::File::open(&path).map_err(|source| Error::Io { path, source })?;
+        Ok(Some(Snapshot {
+            meta: record.meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
+    }
+
+    /// Replaces this partition's state with the contents of a received snapshot file.
+    fn install(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        mut received: std::fs::File,
+    ) -> Result<()> {
+        let file_name = format!("{}.snap", meta.snapshot_id);
+        let final_path = self.dir.join(&file_name);
+        let tmp_path = self.dir.join(format!("{file_name}.tmp"));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        received.seek(SeekFrom::Start(0)).map_err(io(&final_path))?;
+        // Keep a byte-for-byte copy as our own current snapshot while parsing it.
+        let copy = std::fs::File::create(&tmp_path).map_err(io(&tmp_path))?;
+        let mut tee = TeeReader {
+            inner: BufReader::new(received),
+            copy: BufWriter::new(copy),
+        };
+        let p = self.partition;
+        let mut batch = WriteBatch::default();
+        for cf in keys::SNAPSHOT_CFS {
+            batch.delete_range_cf(
+                self.store.cf(cf),
+                keys::partition_prefix(p),
+                keys::partition_end(p),
+            );
+        }
+        let mut pending = 0u64;
+        read_snapshot(&mut tee, |cf, k, v| {
+            if cf == keys::CF_DUE {
+                pending += 1;
+            }
+            batch.put_cf(self.store.cf(cf), k, v);
+        })?;
+        let mut copy = tee.copy.into_inner().map_err(|e| Error::Io {
+            path: tmp_path.clone(),
+            source: e.into_error(),
+        })?;
+        copy.flush()
+            .and_then(|_| copy.sync_all())
+            .map_err(io(&tmp_path))?;
+        std::fs::rename(&tmp_path, &final_path).map_err(io(&final_path))?;
+        self.meta_put(&mut batch, keys::SM_PENDING, &pending);
+        self.meta_put(&mut batch, keys::SM_LAST_APPLIED, &meta.last_log_id);
+        self.meta_put(&mut batch, keys::SM_MEMBERSHIP, &meta.last_membership);
+        self.meta_put(
+            &mut batch,
+            keys::SM_SNAPSHOT,
+            &SnapshotRecord {
+                meta: meta.clone(),
+                file: file_name.clone(),
+            },
+        );
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.store.db.write_opt(batch, &wo)?;
+        remove_files(&self.dir, |name| name != file_name);
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
+        let read = |e: Error| StorageIOError::read_state_machine(&e);
+        let applied = self
+            .meta_get::<Option<LogId<NodeId>>>(keys::SM_LAST_APPLIED)
+            .map_err(read)?;
+        let membership = self
+            .meta_get::<Membership>(keys::SM_MEMBERSHIP)
+            .map_err(read)?;
+        Ok((applied.flatten(), membership.unwrap_or_default()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandResponse>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        for entry in entries {
+            let log_id = entry.log_id;
+            out.push(
+                self.apply_entry(entry)
+                    .map_err(|e| StorageIOError::apply(log_id, &e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.store.clone(),
+            partition: self.partition,
+            dir: self.dir.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
+        let path = self.dir.join(format!("incoming-{}.snap", unique_suffix()));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> StorageResult<()> {
+        let file = snapshot.into_std().await;
+        let err = |e: Error| StorageIOError::write_snapshot(Some(meta.signature()), &e);
+        let sm = StateMachine {
+            store: self.store.clone(),
+            partition: self.partition,
+            dir: self.dir.clone(),
+            events: self.events.clone(),
+        };
+        let meta_owned = meta.clone();
+        tokio::task::spawn_blocking(move || sm.install(&meta_owned, file))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?
+            .map_err(err)?;
+        let _ = self.events.send(TimerEvent::Reset);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        self.current_snapshot()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+/// Builds a snapshot of one partition from a RocksDB snapshot, so applies may go on meanwhile.
+pub struct SnapshotBuilder {
+    store: Store,
+    partition: u32,
+    dir: PathBuf,
+}
+
+impl SnapshotBuilder {
+    fn build(&self) -> Result<Snapshot<TypeConfig>> {
+        let db = &self.store.db;
+        let snap = db.snapshot();
+        let p = self.partition;
+        let meta_cf = self.store.cf(keys::CF_SM_META);
+        let last_applied: Option<LogId<NodeId>> = snap
+            .get_cf(meta_cf, keys::tagged(p, keys::SM_LAST_APPLIED))?
+            .map(|v| codec::decode::<Option<LogId<NodeId>>>("last applied", &v))
+            .transpose()?
+            .flatten();
+        let membership: Membership = snap
+            .get_cf(meta_cf, keys::tagged(p, keys::SM_MEMBERSHIP))?
+            .map(|v| codec::decode("membership", &v))
+            .transpose()?
+            .unwrap_or_default();
+        let snapshot_id = match last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, unique_suffix()),
+            None => format!("0-0-{}", unique_suffix()),
+        };
+        let file_name = format!("{snapshot_id}.snap");
+        let path = self.dir.join(&file_name);
+        let tmp = self.dir.join(format!("{file_name}.tmp"));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(io(&tmp))?);
+        out.write_all(SNAPSHOT_MAGIC).map_err(io(&tmp))?;
+        for (index, cf_name) in keys::SNAPSHOT_CFS.iter().enumerate() {
+            let mut ro = ReadOptions::default();
+            ro.set_iterate_upper_bound(keys::partition_end(p));
+            ro.set_snapshot(&snap);
+            let iter = db.iterator_cf_opt(
+                self.store.cf(cf_name),
+                ro,
+                IteratorMode::From(&keys::partition_prefix(p), Direction::Forward),
+            );
+            for item in iter {
+                let (k, v) = item?;
+                write_record(&mut out, index as u8, &k, &v).map_err(io(&tmp))?;
+            }
+        }
+        out.write_all(&[SNAPSHOT_END]).map_err(io(&tmp))?;
+        let file = out.into_inner().map_err(|e| Error::Io {
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        db.put_cf_opt(
+            meta_cf,
+            keys::tagged(p, keys::SM_SNAPSHOT),
+            codec::encode(&SnapshotRecord {
+                meta: meta.clone(),
+                file: file_name.clone(),
+            }),
+            &wo,
+        )?;
+        remove_files(&self.dir, |name| {
+            name.ends_with(".snap") && name != file_name
+        });
+        let file = std::fs::File::open(&path).map_err(io(&path))?;
+        tracing::info!(partition = p, snapshot = %meta.snapshot_id, "snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let builder = SnapshotBuilder {
+            store: self.store.clone(),
+            partition: self.partition,
+            dir: self.dir.clone(),
+        };
+        tokio::task::spawn_blocking(move || builder.build())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?
+            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+}
+
+/// Removes repeated keys, keeping the first occurrence, so one command touches a key once.
+fn dedup_keep_order(keys: &mut Vec<TimerKey>) {
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
+}
+
+fn write_record(out: &mut impl Write, cf: u8, k: &[u8], v: &[u8]) -> std::io::Result<()> {
+    out.write_all(&[cf])?;
+    out.write_all(&(k.len() as u32).to_be_bytes())?;
+    out.write_all(k)?;
+    out.write_all(&(v.len() as u32).to_be_bytes())?;
+    out.write_all(v)
+}
+
+fn read_snapshot(input: &mut impl Read, mut each: impl FnMut(&str, &[u8], &[u8])) -> Result<()> {
+    let bad = |e: std::io::Error| Error::corrupt("snapshot", e);
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic).map_err(bad)?;
+    if &magic != SNAPSHOT_MAGIC {
+        return Err(Error::corrupt("snapshot", "bad magic"));
+    }
+    let read_bytes = |input: &mut dyn Read| -> Result<Vec<u8>> {
+        let mut len = [0u8; 4];
+        input.read_exact(&mut len).map_err(bad)?;
+        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+        input.read_exact(&mut buf).map_err(bad)?;
+        Ok(buf)
+    };
+    loop {
+        let mut tag = [0u8; 1];
+        input.read_exact(&mut tag).map_err(bad)?;
+        if tag[0] == SNAPSHOT_END {
+            return Ok(());
+        }
+        let cf = *keys::SNAPSHOT_CFS.get(tag[0] as usize).ok_or_else(|| {
+            Error::corrupt("snapshot", format!("unknown column family {}", tag[0]))
+        })?;
+        let k = read_bytes(input)?;
+        let v = read_bytes(input)?;
+        each(cf, &k, &v);
+    }
+}
+
+struct TeeReader<R, W> {
+    inner: R,
+    copy: W,
+}
+
+impl<R: Read, W: Write> Read for TeeReader<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+fn unique_suffix() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+fn remove_files(dir: &Path, pred: impl Fn(&str) -> bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if let Some(name) = entry.file_name().to_str() {
+            if pred(name) {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove old snapshot file");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hourglass_types::{NodeId, Placement, TimerKey, TimerRecord};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
+    WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::log_store::LogStore;
+use crate::state_machine::{StateMachine, TimerEvents};
+use crate::syncer::LogSyncer;
+
+/// What a node records about its cluster the first time it starts, and checks on every start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    pub node_id: NodeId,
+    pub partitions: u32,
+    pub replication_factor: usize,
+    pub placement: Placement,
+}
+
+/// One entry of the due index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueEntry {
+    /// The raw `CF_DUE` key, the engine's cursor.
+    pub raw: Vec<u8>,
+    pub fire_at_ms: u64,
+    pub key: TimerKey,
+}
+
+/// Per-partition figures for status reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Timers in SCHEDULED state.
+    pub pending: u64,
+}
+
+/// The node's RocksDB. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) db: Arc<DB>,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database under `dir/db`, and `dir/snapshots`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let io = |source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir.join("snapshots")).map_err(io)?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        let cfs = keys::ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
+        Ok(Store {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every column family in keys::ALL_CFS is opened by Store::open")
+    }
+
+    pub(crate) fn snapshot_dir(&self, partition: u32) -> PathBuf {
+        self.dir.join("snapshots").join(format!("p{partition}"))
+    }
+
+    pub fn cluster_meta(&self) -> Result<Option<ClusterMeta>> {
+        self.db
+            .get(keys::META_CLUSTER)?
+            .map(|v| codec::decode("cluster metadata", &v))
+            .transpose()
+    }
+
+    /// Records the cluster metadata durably (synced).
+    pub fn write_cluster_meta(&self, meta: &ClusterMeta) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_opt(keys::META_CLUSTER, codec::encode(meta), &wo)?;
+        Ok(())
+    }
+
+    /// Refuses data made for another node or another partition count.
+    pub fn check_meta(&self, meta: &ClusterMeta, node_id: NodeId, partitions: u32) -> Result<()> {
+        if meta.node_id != node_id {
+            return Err(Error::NodeIdMismatch {
+                dir: self.dir.clone(),
+                found: meta.node_id,
+                configured: node_id,
+            });
+        }
+        if meta.partitions != partitions {
+            return Err(Error::PartitionCountMismatch {
+                dir: self.dir.clone(),
+                found: meta.partitions,
+                configured: partitions,
+            });
+        }
+        Ok(())
+    }
+
+    /// True when the group of any of `partitions` on this node has a vote or a log entry.
+    pub fn has_raft_state(&self, partitions: impl IntoIterator<Item = u32>) -> Result<bool> {
+        for p in partitions {
+            for cf in [keys::CF_RAFT_STATE, keys::CF_RAFT_LOG] {
+                let prefix = keys::partition_prefix(p);
+                let first = self
+                    .db
+                    .iterator_cf(self.cf(cf), IteratorMode::From(&prefix, Direction::Forward))
+                    .next()
+                    .transpose()?;
+                if first.is_some_and(|(k, _)| k.starts_with(&prefix)) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The log store of one partition's group; its appends are made durable by `syncer`.
+    pub fn log_store(&self, partition: u32, syncer: LogSyncer) -> LogStore {
+        LogStore::new(self.clone(), partition, syncer)
+    }
+
+    /// The state machine of one partition's group; it reports schedule changes to `events`.
+    pub fn state_machine(&self, partition: u32, events: TimerEvents) -> Result<StateMachine> {
+        StateMachine::open(self.clone(), partition, events)
+    }
+
+    /// Up to `limit` due-index entries of `partition` from the raw key `from` (inclusive) with
+    /// `fire_at` before `until_ms`, in `(fire_at, workflow_id, timer_id)` order, as
+    /// `(raw due key, fire_at, key)`.
+    pub fn scan_due(
+        &self,
+        partition: u32,
+        from: &[u8],
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::due_bound(partition, until_ms));
+        let iter = self.db.iterator_cf_opt(
+            self.cf(keys::CF_DUE),
+            ro,
+            IteratorMode::From(from, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, _) = item?;
+            let (p, fire_at_ms, key) = keys::decode_timed_key(&k)
+                .ok_or_else(|| Error::corrupt("due key", format!("{k:?}")))?;
+            debug_assert_eq!(p, partition);
+            out.push(DueEntry {
+                raw: k.to_vec(),
+                fire_at_ms,
+                key,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` tombstones of `partition` written before `before_ms`, oldest first.
+    pub fn scan_tombstones(
+        &self,
+        partition: u32,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<TimerKey>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::due_bound(partition, before_ms));
+        let from = keys::partition_prefix(partition);
+        let iter = self.db.iterator_cf_opt(
+            self.cf(keys::CF_TOMBSTONES),
+            ro,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, _) = item?;
+            let (_, _, key) = keys::decode_timed_key(&k)
+                .ok_or_else(|| Error::corrupt("tombstone key", format!("{k:?}")))?;
+            out.push(key);
+        }
+        Ok(out)
+    }
+
+    /// Every fired, unacknowledged timer of `partition`.
+    pub fn fired_unacked(&self, partition: u32) -> Result<Vec<TimerRecord>> {
+        let prefix = keys::partition_prefix(partition);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::partition_end(partition));
+        let iter = self.db.iterator_cf_opt(
+            self.cf(keys::CF_FIRED),
+            ro,
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, _) = item?;
+            let (_, key) = keys::decode_timer_key(&k)
+                .ok_or_else(|| Error::corrupt("fired key", format!("{k:?}")))?;
+            match self.get_timer(partition, &key)? {
+                Some(record) => out.push(record),
+                None => {
+                    return Err(Error::corrupt(
+                        "fired index",
+                        format!("{key:?} has no timer"),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn get_timer(&self, partition: u32, key: &TimerKey) -> Result<Option<TimerRecord>> {
+        self.db
+            .get_cf(self.cf(keys::CF_TIMERS), keys::timer_key(partition, key))?
+            .map(|v| codec::decode_timer(&v))
+            .transpose()
+    }
+
+    /// Up to `limit` timers of `workflow_id` in timer-id order, starting after `after`.
+    pub fn list_timers(
+        &self,
+        partition: u32,
+        workflow_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>> {
+        let prefix = keys::workflow_prefix(partition, workflow_id);
+        let start = match after {
+            Some(timer_id) => {
+                let mut k = keys::timer_key(
+                    partition,
+                    &TimerKey {
+                        workflow_id: workflow_id.to_owned(),
+                        timer_id: timer_id.to_owned(),
+                    },
+                );
+                // The smallest key strictly greater than `after`'s own key.
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let iter = self.db.iterator_cf(
+            self.cf(keys::CF_TIMERS),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(codec::decode_timer(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn partition_state(&self, partition: u32) -> Result<PartitionState> {
+        let pending = self
+            .db
+            .get_cf(
+                self.cf(keys::CF_SM_META),
+                keys::tagged(partition, keys::SM_PENDING),
+            )?
+            .map(|v| codec::decode::<u64>("pending count", &v))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(PartitionState { pending })
+    }
+}

@@ -1,0 +1,55 @@
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use hourglass_types::TypeConfig;
+use openraft::storage::LogFlushed;
+use rocksdb::DB;
+
+use crate::store::Store;
+
+/// The node's log writer: every partition's appends are written to RocksDB without sync, and
+/// their completion callbacks queue here; one `fsync` of the shared WAL then completes every
+/// callback that queued before it. Under load, one fsync covers the appends of many groups.
+#[derive(Clone)]
+pub struct LogSyncer {
+    tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl LogSyncer {
+    /// Starts the syncer thread; it ends when the last clone of the returned handle is dropped.
+    pub fn start(store: &Store) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let db = Arc::clone(&store.db);
+        std::thread::Builder::new()
+            .name("log-syncer".into())
+            .spawn(move || run(db, rx))
+            .expect("spawning the log syncer thread");
+        LogSyncer { tx }
+    }
+
+    /// Queues `callback` to be completed after the next WAL sync.
+    pub(crate) fn after_sync(&self, callback: LogFlushed<TypeConfig>) {
+        if let Err(mpsc::SendError(callback)) = self.tx.send(callback) {
+            callback.log_io_completed(Err(std::io::Error::other("log syncer stopped")));
+        }
+    }
+}
+
+fn run(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter());
+        let result = db.flush_wal(true);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "wal sync failed");
+        }
+        tracing::trace!(appends = waiting.len(), "wal synced");
+        for callback in waiting {
+            callback.log_io_completed(
+                result
+                    .clone()
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            );
+        }
+    }
+}

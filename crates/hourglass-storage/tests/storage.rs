@@ -1,0 +1,460 @@
+//! The storage crate against real RocksDB in temporary directories.
+
+use hourglass_storage::{LogStore, LogSyncer, StateMachine, Store, TimerEvent, TimerEvents};
+use hourglass_types::{
+    Command, CommandResponse, NodeId, TimerDefinition, TimerKey, TimerState, TypeConfig,
+};
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError};
+use tempfile::TempDir;
+
+fn events() -> TimerEvents {
+    tokio::sync::broadcast::channel(1024).0
+}
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+        let dir = TempDir::new().expect("temp dir");
+        let store = Store::open(dir.path()).expect("open store");
+        let syncer = LogSyncer::start(&store);
+        let log = store.log_store(3, syncer);
+        let sm = store.state_machine(3, events()).expect("state machine");
+        Ok((dir, log, sm))
+    }
+}
+
+/// openraft's own storage test suite.
+#[test]
+fn openraft_storage_suite() {
+    Suite::test_all(Builder).expect("openraft storage suite");
+}
+
+fn key(w: &str, t: &str) -> TimerKey {
+    TimerKey {
+        workflow_id: w.into(),
+        timer_id: t.into(),
+    }
+}
+
+fn at(fire_at_ms: u64, payload: &[u8]) -> TimerDefinition {
+    TimerDefinition {
+        queue: "default".into(),
+        fire_at_ms: Some(fire_at_ms),
+        delay_ms: None,
+        payload: payload.to_vec(),
+    }
+}
+
+fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(command),
+    }
+}
+
+fn schedule(k: TimerKey, d: TimerDefinition, now: u64) -> Command {
+    Command::Schedule {
+        key: k,
+        definition: d,
+        received_at_ms: now,
+    }
+}
+
+#[tokio::test]
+async fn apply_schedule_is_idempotent_and_cancel_tombstones() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut sm = store.state_machine(5, events()).unwrap();
+    let responses = sm
+        .apply([
+            entry(1, schedule(key("w", "a"), at(1_000, b"x"), 10)),
+            // An identical repeat returns the existing timer.
+            entry(2, schedule(key("w", "a"), at(1_000, b"x"), 20)),
+            // A different definition under the same id is refused.
+            entry(3, schedule(key("w", "a"), at(2_000, b"x"), 30)),
+            entry(4, schedule(key("w", "b"), at(3_000, b""), 40)),
+            entry(
+                5,
+                Command::Cancel {
+                    key: key("w", "b"),
+                    received_at_ms: 50,
+                },
+            ),
+            entry(
+                6,
+                Command::Cancel {
+                    key: key("w", "b"),
+                    received_at_ms: 60,
+                },
+            ),
+            entry(
+                7,
+                Command::Cancel {
+                    key: key("w", "zzz"),
+                    received_at_ms: 70,
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&responses[0], CommandResponse::Scheduled { created: true, timer } if timer.fire_at_ms == 1_000)
+    );
+    assert!(
+        matches!(&responses[1], CommandResponse::Scheduled { created: false, timer } if timer.created_at_ms == 10)
+    );
+    assert!(matches!(
+        &responses[2],
+        CommandResponse::AlreadyExists { .. }
+    ));
+    assert!(
+        matches!(&responses[4], CommandResponse::Cancelled { timer } if timer.finished_at_ms == Some(50))
+    );
+    assert!(
+        matches!(&responses[5], CommandResponse::Cancelled { timer } if timer.finished_at_ms == Some(50))
+    );
+    assert_eq!(responses[6], CommandResponse::NotFound);
+
+    assert_eq!(store.partition_state(5).unwrap().pending, 1);
+    let b = store.get_timer(5, &key("w", "b")).unwrap().unwrap();
+    assert_eq!(b.state, TimerState::Cancelled);
+    // Other partitions see nothing.
+    assert!(store.get_timer(4, &key("w", "a")).unwrap().is_none());
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(7));
+}
+
+#[tokio::test]
+async fn delay_is_anchored_at_receipt_and_repeat_is_identical() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut sm = store.state_machine(0, events()).unwrap();
+    let d = TimerDefinition {
+        queue: "q".into(),
+        fire_at_ms: None,
+        delay_ms: Some(500),
+        payload: vec![],
+    };
+    let r = sm
+        .apply([
+            entry(1, schedule(key("w", "t"), d.clone(), 1_000)),
+            entry(2, schedule(key("w", "t"), d, 9_000)),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r[0], CommandResponse::Scheduled { created: true, timer } if timer.fire_at_ms == 1_500)
+    );
+    assert!(
+        matches!(&r[1], CommandResponse::Scheduled { created: false, timer } if timer.fire_at_ms == 1_500)
+    );
+}
+
+#[tokio::test]
+async fn list_pages_in_timer_order() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut sm = store.state_machine(1, events()).unwrap();
+    let entries: Vec<_> = (0..25u64)
+        .map(|i| {
+            entry(
+                i + 1,
+                schedule(key("wf", &format!("t{i:02}")), at(i, b""), 0),
+            )
+        })
+        .chain([entry(26, schedule(key("wf2", "x"), at(0, b""), 0))])
+        .collect();
+    sm.apply(entries).await.unwrap();
+    let first = store.list_timers(1, "wf", None, 10).unwrap();
+    assert_eq!(first.len(), 10);
+    assert_eq!(first[0].key.timer_id, "t00");
+    let rest = store.list_timers(1, "wf", Some("t09"), 100).unwrap();
+    assert_eq!(rest.len(), 15);
+    assert_eq!(rest[0].key.timer_id, "t10");
+    assert!(rest.iter().all(|t| t.key.workflow_id == "wf"));
+}
+
+#[tokio::test]
+async fn snapshot_moves_one_partition_between_nodes() {
+    let a_dir = TempDir::new().unwrap();
+    let a = Store::open(a_dir.path()).unwrap();
+    let mut a_sm = a.state_machine(2, events()).unwrap();
+    let mut other = a.state_machine(3, events()).unwrap();
+    a_sm.apply((1..=100u64).map(|i| entry(i, schedule(key("w", &i.to_string()), at(i, b"p"), 0))))
+        .await
+        .unwrap();
+    other
+        .apply([entry(1, schedule(key("other", "x"), at(1, b""), 0))])
+        .await
+        .unwrap();
+    let snap = a_sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let b_dir = TempDir::new().unwrap();
+    let b = Store::open(b_dir.path()).unwrap();
+    let mut b_sm = b.state_machine(2, events()).unwrap();
+    // Stale state on the receiver is replaced, not merged.
+    b_sm.apply([entry(1, schedule(key("stale", "x"), at(1, b""), 0))])
+        .await
+        .unwrap();
+    let mut incoming = b_sm.begin_receiving_snapshot().await.unwrap();
+    let mut source = snap.snapshot;
+    tokio::io::copy(&mut source, &mut *incoming).await.unwrap();
+    b_sm.install_snapshot(&snap.meta, incoming).await.unwrap();
+
+    assert_eq!(b.partition_state(2).unwrap().pending, 100);
+    assert!(b.get_timer(2, &key("w", "42")).unwrap().is_some());
+    assert!(b.get_timer(2, &key("stale", "x")).unwrap().is_none());
+    assert!(b.get_timer(3, &key("other", "x")).unwrap().is_none());
+    let (applied, _) = b_sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(100));
+    let current = b_sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snap.meta);
+}
+
+#[tokio::test]
+async fn log_survives_reopen_and_purge_bounds_it() {
+    let dir = TempDir::new().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut log = store.log_store(0, LogSyncer::start(&store));
+        log.save_vote(&openraft::Vote::new(3, 1)).await.unwrap();
+        // Append through the public API and wait for the flush notification via blocking_append.
+        let entries: Vec<_> = (1..=10u64)
+            .map(|i| {
+                entry(
+                    i,
+                    Command::Cancel {
+                        key: key("w", "t"),
+                        received_at_ms: i,
+                    },
+                )
+            })
+            .collect();
+        openraft::storage::RaftLogStorageExt::blocking_append(&mut log, entries)
+            .await
+            .unwrap();
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 4))
+            .await
+            .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let mut log = store.log_store(0, LogSyncer::start(&store));
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(openraft::Vote::new(3, 1))
+    );
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(4));
+    assert_eq!(state.last_log_id.map(|l| l.index), Some(10));
+    let entries = openraft::RaftLogReader::try_get_log_entries(&mut log, 0..100)
+        .await
+        .unwrap();
+    assert_eq!(entries.first().map(|e| e.log_id.index), Some(5));
+    assert_eq!(entries.len(), 6);
+}
+
+#[tokio::test]
+async fn fire_moves_only_due_scheduled_timers_and_complete_tombstones() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let events = events();
+    let mut rx = events.subscribe();
+    let mut sm = store.state_machine(0, events.clone()).unwrap();
+    sm.apply([
+        entry(1, schedule(key("w", "due"), at(100, b""), 0)),
+        entry(2, schedule(key("w", "later"), at(5_000, b""), 0)),
+        entry(3, schedule(key("w", "cancelled"), at(100, b""), 0)),
+        entry(
+            4,
+            Command::Cancel {
+                key: key("w", "cancelled"),
+                received_at_ms: 50,
+            },
+        ),
+    ])
+    .await
+    .unwrap();
+    let fire = Command::Fire {
+        timers: vec![
+            key("w", "due"),
+            key("w", "later"),
+            key("w", "cancelled"),
+            key("w", "due"),
+            key("w", "ghost"),
+        ],
+        fired_at_ms: 200,
+    };
+    let r = sm
+        .apply([entry(5, fire.clone()), entry(6, fire)])
+        .await
+        .unwrap();
+    // Not yet due, cancelled, repeated or unknown timers are left alone: only "due" fires, once.
+    match &r[0] {
+        CommandResponse::Fired { timers } => {
+            assert_eq!(timers.len(), 1);
+            assert_eq!(timers[0].key, key("w", "due"));
+            assert_eq!(timers[0].attempt, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r[1], CommandResponse::Fired { timers: vec![] });
+    assert_eq!(store.partition_state(0).unwrap().pending, 1);
+    assert_eq!(store.fired_unacked(0).unwrap().len(), 1);
+    // A cancel after the fire answers already-fired.
+    let r = sm
+        .apply([entry(
+            7,
+            Command::Cancel {
+                key: key("w", "due"),
+                received_at_ms: 300,
+            },
+        )])
+        .await
+        .unwrap();
+    assert!(matches!(r[0], CommandResponse::AlreadyFired { .. }));
+    let r = sm
+        .apply([entry(
+            8,
+            Command::Complete {
+                timers: vec![key("w", "due"), key("w", "later")],
+                completed_at_ms: 400,
+            },
+        )])
+        .await
+        .unwrap();
+    assert_eq!(r[0], CommandResponse::Completed { count: 1 });
+    assert!(store.fired_unacked(0).unwrap().is_empty());
+    assert_eq!(
+        store.get_timer(0, &key("w", "due")).unwrap().unwrap().state,
+        TimerState::Completed
+    );
+
+    let mut seen = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        seen.push(e);
+    }
+    assert_eq!(
+        seen,
+        vec![
+            TimerEvent::Scheduled {
+                key: key("w", "due"),
+                fire_at_ms: 100
+            },
+            TimerEvent::Scheduled {
+                key: key("w", "later"),
+                fire_at_ms: 5_000
+            },
+            TimerEvent::Scheduled {
+                key: key("w", "cancelled"),
+                fire_at_ms: 100
+            },
+            TimerEvent::Unscheduled {
+                key: key("w", "cancelled"),
+                fire_at_ms: 100
+            },
+            TimerEvent::Unscheduled {
+                key: key("w", "due"),
+                fire_at_ms: 100
+            },
+        ]
+    );
+}
+
+#[tokio::test]
+async fn due_scan_is_ordered_bounded_and_resumable() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut sm = store.state_machine(4, events()).unwrap();
+    let mut entries = Vec::new();
+    for (i, (t, w)) in [
+        (300, "b"),
+        (100, "z"),
+        (100, "a"),
+        (200, "c"),
+        (10_000, "far"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        entries.push(entry(i as u64 + 1, schedule(key(w, "t"), at(*t, b""), 0)));
+    }
+    sm.apply(entries).await.unwrap();
+    let start = hourglass_storage::keys::partition_prefix(4);
+    let first = store.scan_due(4, &start, 1_000, 2).unwrap();
+    let got: Vec<_> = first
+        .iter()
+        .map(|e| (e.fire_at_ms, e.key.workflow_id.as_str()))
+        .collect();
+    assert_eq!(got, vec![(100, "a"), (100, "z")]);
+    let mut resume = first[1].raw.clone();
+    resume.push(0);
+    let rest = store.scan_due(4, &resume, 1_000, 10).unwrap();
+    let got: Vec<_> = rest
+        .iter()
+        .map(|e| (e.fire_at_ms, e.key.workflow_id.as_str()))
+        .collect();
+    assert_eq!(got, vec![(200, "c"), (300, "b")]);
+}
+
+#[tokio::test]
+async fn tombstones_expire_after_retention_and_free_the_name() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut sm = store.state_machine(0, events()).unwrap();
+    sm.apply([
+        entry(1, schedule(key("w", "old"), at(10, b""), 0)),
+        entry(
+            2,
+            Command::Cancel {
+                key: key("w", "old"),
+                received_at_ms: 100,
+            },
+        ),
+        entry(3, schedule(key("w", "new"), at(10, b""), 0)),
+        entry(
+            4,
+            Command::Cancel {
+                key: key("w", "new"),
+                received_at_ms: 900,
+            },
+        ),
+        entry(5, schedule(key("w", "live"), at(10, b""), 0)),
+    ])
+    .await
+    .unwrap();
+    let expired = store.scan_tombstones(0, 500, 10).unwrap();
+    assert_eq!(expired, vec![key("w", "old")]);
+    let r = sm
+        .apply([entry(
+            6,
+            Command::Expire {
+                timers: vec![key("w", "old"), key("w", "new"), key("w", "live")],
+                before_ms: 500,
+            },
+        )])
+        .await
+        .unwrap();
+    // Only the tombstone past retention goes; a recent one and a live timer stay.
+    assert_eq!(r[0], CommandResponse::Expired { count: 1 });
+    assert!(store.get_timer(0, &key("w", "old")).unwrap().is_none());
+    assert!(store.get_timer(0, &key("w", "new")).unwrap().is_some());
+    assert!(store.get_timer(0, &key("w", "live")).unwrap().is_some());
+    assert!(store.scan_tombstones(0, 500, 10).unwrap().is_empty());
+    // The name is free again: a different definition is accepted.
+    let r = sm
+        .apply([entry(7, schedule(key("w", "old"), at(99, b"x"), 1_000))])
+        .await
+        .unwrap();
+    assert!(matches!(
+        &r[0],
+        CommandResponse::Scheduled { created: true, .. }
+    ));
+}

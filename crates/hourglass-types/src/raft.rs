@@ -1,0 +1,103 @@
+//! The replicated commands and the openraft type configuration shared by storage and server.
+
+use serde::{Deserialize, Serialize};
+
+use crate::timer::{TimerDefinition, TimerKey, TimerRecord};
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// One Raft group per partition replica; all groups share this configuration.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        // A snapshot is a file on the node's disk, streamed in chunks by openraft.
+        SnapshotData = tokio::fs::File,
+);
+
+/// A state-machine command of one partition. Commands carry the proposer's clock reading so
+/// that applying them is deterministic on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Schedule {
+        key: TimerKey,
+        definition: TimerDefinition,
+        /// The receiving node's clock when the request arrived; anchors `delay`.
+        received_at_ms: u64,
+    },
+    Cancel {
+        key: TimerKey,
+        received_at_ms: u64,
+    },
+    /// Proposed by the partition leader's timer engine: each listed timer that is still
+    /// SCHEDULED and due by `fired_at_ms` becomes FIRED; anything else is left alone, which
+    /// also fences a deposed leader's late proposal and a cancel that won the race.
+    Fire {
+        timers: Vec<TimerKey>,
+        fired_at_ms: u64,
+    },
+    /// Acknowledged deliveries: each listed FIRED timer becomes COMPLETED (a tombstone).
+    Complete {
+        timers: Vec<TimerKey>,
+        completed_at_ms: u64,
+    },
+    /// Forgets tombstones (completed or cancelled timers) that finished before `before_ms`:
+    /// the end of their retention period, after which the name may be used again.
+    Expire {
+        timers: Vec<TimerKey>,
+        before_ms: u64,
+    },
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Schedule { key, .. } => {
+                write!(f, "schedule {}/{}", key.workflow_id, key.timer_id)
+            }
+            Command::Cancel { key, .. } => write!(f, "cancel {}/{}", key.workflow_id, key.timer_id),
+            Command::Fire { timers, .. } => write!(f, "fire {} timers", timers.len()),
+            Command::Complete { timers, .. } => write!(f, "complete {} timers", timers.len()),
+            Command::Expire { timers, .. } => write!(f, "expire {} tombstones", timers.len()),
+        }
+    }
+}
+
+/// The outcome of applying a [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// The timer exists with this definition; `created` is false for an idempotent repeat.
+    Scheduled {
+        timer: TimerRecord,
+        created: bool,
+    },
+    /// A different definition already lives under this key.
+    AlreadyExists {
+        existing: TimerRecord,
+    },
+    /// The timer is (now or already) cancelled.
+    Cancelled {
+        timer: TimerRecord,
+    },
+    /// The timer fired before the cancel was applied.
+    AlreadyFired {
+        timer: TimerRecord,
+    },
+    NotFound,
+    /// The timers a `Fire` moved to FIRED, in the order given; only these may be delivered.
+    Fired {
+        timers: Vec<TimerRecord>,
+    },
+    /// How many timers a `Complete` moved to COMPLETED.
+    Completed {
+        count: u64,
+    },
+    /// How many tombstones an `Expire` removed.
+    Expired {
+        count: u64,
+    },
+    /// Responses of membership and blank entries.
+    None,
+}

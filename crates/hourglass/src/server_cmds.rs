@@ -1,0 +1,189 @@
+//! `serve` and `dev`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use hourglass_client::Client;
+use hourglass_server::{Node, NodeConfig, Peer};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{DevArgs, ServeArgs};
+use crate::Failure;
+
+fn init_tracing() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn effective_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            NodeConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => NodeConfig::default(),
+    };
+    if let Some(v) = args.node_id {
+        config.node_id = v;
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = &args.advertise {
+        config.advertise = Some(v.clone());
+    }
+    if let Some(v) = args.http_listen {
+        config.http_listen = Some(v);
+    }
+    if let Some(v) = &args.data_dir {
+        config.data_dir = v.clone();
+    }
+    if let Some(v) = &args.peers {
+        config.peers = v.clone();
+    }
+    if let Some(v) = args.partitions {
+        config.partitions = v;
+    }
+    if let Some(v) = args.replication_factor {
+        config.replication_factor = v;
+    }
+    if let Some(v) = args.max_payload_bytes {
+        config.max_payload_bytes = v;
+    }
+    Ok(config.validate()?)
+}
+
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let config = effective_config(&args).map_err(|e| Failure { code: 1, error: e })?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    init_tracing();
+    let node = tokio::select! {
+        node = Node::start(config) => node?,
+        _ = stop_signal() => return Ok(()),
+    };
+    stop_signal().await;
+    tracing::info!(node_id = node.node_id(), "stopping");
+    node.shutdown().await;
+    Ok(())
+}
+
+pub async fn dev(args: DevArgs) -> Result<(), Failure> {
+    if args.nodes == 0 || args.nodes > 9 {
+        return Err(crate::usage("--nodes must be between 1 and 9"));
+    }
+    init_tracing();
+    let (_temp, root): (Option<tempfile::TempDir>, PathBuf) = match args.data {
+        Some(dir) => (None, dir),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("hourglass-dev-")
+                .tempdir()?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    let peers: Vec<Peer> = (1..=args.nodes)
+        .map(|i| Peer {
+            id: u64::from(i),
+            address: format!("127.0.0.1:{}", 7000 + i),
+        })
+        .collect();
+    let configs: Vec<NodeConfig> = (1..=args.nodes)
+        .map(|i| NodeConfig {
+            node_id: u64::from(i),
+            listen: format!("127.0.0.1:{}", 7000 + i)
+                .parse()
+                .expect("valid address"),
+            http_listen: Some(
+                format!("127.0.0.1:{}", 9000 + i)
+                    .parse()
+                    .expect("valid address"),
+            ),
+            data_dir: root.join(format!("node-{i}")),
+            peers: peers.clone(),
+            partitions: args.partitions,
+            replication_factor: args.nodes.min(3) as usize,
+            ..NodeConfig::default()
+        })
+        .collect();
+    // Nodes wait for each other during start-up, so they start together.
+    let started = futures::future::join_all(configs.into_iter().map(Node::start)).await;
+    let mut nodes = Vec::new();
+    let mut first_error = None;
+    for r in started {
+        match r {
+            Ok(n) => nodes.push(n),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    if let Some(e) = first_error {
+        for n in nodes {
+            n.shutdown().await;
+        }
+        return Err(e.into());
+    }
+    let endpoints: Vec<String> = peers.iter().map(|p| p.address.clone()).collect();
+    wait_for_leaders(&endpoints).await?;
+    println!(
+        "hourglass dev cluster is up: {} nodes, {} partitions",
+        args.nodes, args.partitions
+    );
+    println!("data:      {}", root.display());
+    for p in &peers {
+        println!(
+            "node {}:    grpc {}   http http://127.0.0.1:{}/readyz",
+            p.id,
+            p.address,
+            9000 + p.id
+        );
+    }
+    println!("try:       hourglass timer schedule --workflow order-1 --id reminder --in 30s --payload hello");
+    println!("           hourglass cluster status");
+    println!("press Ctrl-C to stop");
+    stop_signal().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Waits until every partition reports a leader.
+pub async fn wait_for_leaders(endpoints: &[String]) -> Result<(), Failure> {
+    let client = Client::new(endpoints)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(status) = client.cluster_status().await {
+            if status.partitions.iter().all(|p| p.leader != 0) {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(anyhow::anyhow!("partitions still without a leader after 60 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

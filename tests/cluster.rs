@@ -1,0 +1,321 @@
+//! Integration tests on real 3-node clusters: separate `hourglass serve` processes, gRPC over
+//! loopback, RocksDB on disk.
+
+use std::time::{Duration, Instant};
+
+use hourglass_client::v1;
+use hourglass_tests::{schedule_in, Cluster, Options};
+use hourglass_types::partition_for;
+use tonic::Code;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn cluster() -> Cluster {
+    Cluster::start(Options::default())
+        .await
+        .expect("cluster starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_through_one_node_read_through_another() {
+    let c = cluster().await;
+    let n1 = c.client_of(&[1]);
+    let n2 = c.client_of(&[2]);
+    let n3 = c.client_of(&[3]);
+
+    let created = n1
+        .schedule(schedule_in("order-1", "remind", HOUR, "hello"))
+        .await
+        .unwrap();
+    assert!(created.created);
+    let t = n2.get("order-1", "remind").await.unwrap();
+    assert_eq!(t.payload, b"hello");
+    assert_eq!(t.state, v1::TimerState::Scheduled as i32);
+    assert_eq!(t.queue, "default");
+    assert_eq!(t.partition, partition_for("order-1", c.partitions));
+
+    // G6: an identical repeat returns the existing timer; a different one is refused.
+    let again = n3
+        .schedule(schedule_in("order-1", "remind", HOUR, "hello"))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.timer, created.timer);
+    let err = n3
+        .schedule(schedule_in("order-1", "remind", HOUR, "other"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::AlreadyExists));
+
+    for i in 0..5 {
+        n1.schedule(schedule_in("order-1", &format!("t{i}"), HOUR, ""))
+            .await
+            .unwrap();
+    }
+    let listed = n3.list("order-1").await.unwrap();
+    assert_eq!(listed.len(), 6);
+    let page = n2.list_page("order-1", 4, "").await.unwrap();
+    assert_eq!(page.timers.len(), 4);
+    let rest = n2
+        .list_page("order-1", 4, &page.next_page_token)
+        .await
+        .unwrap();
+    assert_eq!(rest.timers.len(), 2);
+    assert!(rest.next_page_token.is_empty());
+
+    let cancelled = n2.cancel("order-1", "t0").await.unwrap();
+    assert_eq!(cancelled.outcome, v1::CancelOutcome::Cancelled as i32);
+    // Cancelling again is idempotent; the tombstone stays readable.
+    let again = n3.cancel("order-1", "t0").await.unwrap();
+    assert_eq!(again.outcome, v1::CancelOutcome::Cancelled as i32);
+    assert_eq!(
+        n1.get("order-1", "t0").await.unwrap().state,
+        v1::TimerState::Cancelled as i32
+    );
+    let missing = n1.cancel("order-1", "nope").await.unwrap_err();
+    assert_eq!(missing.code(), Some(Code::NotFound));
+
+    let status = c.status().await.unwrap();
+    assert_eq!(status.nodes.len(), 3);
+    assert!(status.nodes.iter().all(|n| n.reachable));
+    assert!(status
+        .partitions
+        .iter()
+        .all(|p| p.leader != 0 && p.replicas.len() == 3));
+    let pending: u64 = status.partitions.iter().map(|p| p.timers_pending).sum();
+    assert_eq!(pending, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_with_the_field_named() {
+    let c = cluster().await;
+    let client = c.client_of(&[2]);
+    let cases: Vec<(v1::ScheduleRequest, &str)> = vec![
+        (schedule_in("", "t", HOUR, ""), "workflow_id"),
+        (schedule_in("w", &"x".repeat(257), HOUR, ""), "timer_id"),
+        (
+            v1::ScheduleRequest {
+                queue: "bad queue!".into(),
+                ..schedule_in("w", "t", HOUR, "")
+            },
+            "queue",
+        ),
+        (
+            schedule_in("w", "t", HOUR, &"p".repeat(64 * 1024 + 1)),
+            "payload",
+        ),
+        (
+            v1::ScheduleRequest {
+                when: None,
+                ..schedule_in("w", "t", HOUR, "")
+            },
+            "fire_at",
+        ),
+        (
+            v1::ScheduleRequest {
+                when: Some(v1::schedule_request::When::Delay(prost_types::Duration {
+                    seconds: -3,
+                    nanos: 0,
+                })),
+                ..schedule_in("w", "t", HOUR, "")
+            },
+            "delay",
+        ),
+    ];
+    for (req, field) in cases {
+        let err = client.schedule(req).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::InvalidArgument), "{field}: {err}");
+        assert!(
+            err.to_string().contains(field),
+            "{field} not named in {err}"
+        );
+    }
+    // Nothing was half-written.
+    assert_eq!(
+        client.get("w", "t").await.unwrap_err().code(),
+        Some(Code::NotFound)
+    );
+    assert_eq!(client.list("w").await.unwrap().len(), 0);
+    let err = client.list_page("w", 10, "not-a-token").await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument));
+    let err = client.list_page("w", 5000, "").await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument));
+    assert!(err.to_string().contains("page_size"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_leader_loses_no_acknowledged_timer() {
+    let mut c = cluster().await;
+    let client = c.client();
+    let mut acked = Vec::new();
+    for i in 0..120 {
+        let w = format!("wf-{}", i % 30);
+        let t = format!("t-{i}");
+        client
+            .schedule(schedule_in(&w, &t, HOUR, &i.to_string()))
+            .await
+            .unwrap();
+        acked.push((w, t));
+    }
+    let partition = partition_for("wf-0", c.partitions);
+    let leader = c.leader_of(partition).await.unwrap();
+    c.kill(leader);
+
+    let survivors: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
+    let client = c.client_of(&survivors);
+    // Writes to the partition whose leader died resume within a few seconds.
+    let started = Instant::now();
+    client
+        .schedule(schedule_in("wf-0", "after-failover", HOUR, ""))
+        .await
+        .unwrap();
+    let resumed = started.elapsed();
+    assert!(
+        resumed < Duration::from_secs(10),
+        "writes resumed only after {resumed:?}"
+    );
+
+    for (w, t) in &acked {
+        let timer = client
+            .get(w, t)
+            .await
+            .unwrap_or_else(|e| panic!("{w}/{t} lost: {e}"));
+        assert_eq!(timer.state, v1::TimerState::Scheduled as i32);
+    }
+    // The killed node comes back from its data and catches up.
+    c.spawn(leader).unwrap();
+    c.wait_all_led(Duration::from_secs(30)).await.unwrap();
+    let only_restarted = c.client_of(&[leader]);
+    assert!(only_restarted.get("wf-0", "after-failover").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timer_survives_node_one_and_a_full_restart() {
+    let mut c = cluster().await;
+    c.client_of(&[1])
+        .schedule(schedule_in("order-7", "ship", HOUR, "parcel"))
+        .await
+        .unwrap();
+    c.kill(1);
+    let t = c.client_of(&[2]).get("order-7", "ship").await.unwrap();
+    assert_eq!(t.payload, b"parcel");
+
+    // Every node at once, without a clean shutdown.
+    c.kill(2);
+    c.kill(3);
+    for i in 1..=3 {
+        c.spawn(i).unwrap();
+    }
+    c.wait_all_led(Duration::from_secs(60)).await.unwrap();
+    let t = c.client_of(&[3]).get("order-7", "ship").await.unwrap();
+    assert_eq!(t.payload, b"parcel");
+    assert_eq!(t.state, v1::TimerState::Scheduled as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_timers_survive_a_full_restart() {
+    let mut c = cluster().await;
+    let client = c.client();
+    for i in 0..200 {
+        client
+            .schedule(schedule_in(
+                &format!("w{}", i % 50),
+                &format!("t{i}"),
+                HOUR,
+                "",
+            ))
+            .await
+            .unwrap();
+    }
+    for i in 1..=3 {
+        c.kill(i);
+    }
+    for i in 1..=3 {
+        c.spawn(i).unwrap();
+    }
+    c.wait_all_led(Duration::from_secs(60)).await.unwrap();
+    let client = c.client();
+    let mut found = 0;
+    for w in 0..50 {
+        found += client.list(&format!("w{w}")).await.unwrap().len();
+    }
+    assert_eq!(found, 200);
+    let pending: u64 = c
+        .status()
+        .await
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.timers_pending)
+        .sum();
+    assert_eq!(pending, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_is_refused_not_silently_rejoined() {
+    let mut c = cluster().await;
+    c.client()
+        .schedule(schedule_in("w", "t", HOUR, ""))
+        .await
+        .unwrap();
+    c.kill(2);
+    c.wipe(2).unwrap();
+    c.spawn(2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = c.try_exit(2) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "wiped node kept running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    assert!(c.stderr(2).contains("wiped or replaced"), "{}", c.stderr(2));
+    // The rest of the cluster keeps serving.
+    assert!(c.client_of(&[1, 3]).get("w", "t").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_catches_up_through_a_snapshot() {
+    let mut c = Cluster::start(Options {
+        partitions: 1,
+        extra_toml: "[raft]\nsnapshot_after_logs = 20\nlogs_kept_after_snapshot = 5\n".into(),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let lagging = c.leader_of(0).await.unwrap() % 3 + 1;
+    c.kill(lagging);
+    let others: Vec<u64> = (1..=3).filter(|&i| i != lagging).collect();
+    let client = c.client_of(&others);
+    for i in 0..100 {
+        client
+            .schedule(schedule_in("w", &format!("t{i}"), HOUR, ""))
+            .await
+            .unwrap();
+    }
+    c.spawn(lagging).unwrap();
+    // The log it misses was purged, so it can only catch up from a snapshot.
+    let snap_dir = c.data_dir(lagging).join("snapshots").join("p0");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let has_snapshot = std::fs::read_dir(&snap_dir)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+            })
+            .unwrap_or(false);
+        if has_snapshot {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot installed on node {lagging}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // With another node down, the partition needs the caught-up node for its quorum.
+    c.kill(others[0]);
+    let client = c.client_of(&[lagging, others[1]]);
+    assert_eq!(client.list("w").await.unwrap().len(), 100);
+}

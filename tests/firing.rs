@@ -1,0 +1,285 @@
+//! Firing and delivery on real 3-process clusters with `hourglass worker` processes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use hourglass_client::v1;
+use hourglass_tests::{now_ms, schedule_at, Cluster, Options, Seen};
+use hourglass_types::partition_for;
+
+fn options() -> Options {
+    Options {
+        extra_toml: "[timers]\nack_timeout_ms = 3000\n".into(),
+        ..Options::default()
+    }
+}
+
+/// Every delivery is at or after its fire_at by the delivering node's clock (G2).
+fn assert_none_early(seen: &[Seen]) {
+    for s in seen {
+        assert!(s.fired_at_ms >= s.fire_at_ms, "fired early: {s:?}");
+        assert!(s.delivered_at_ms >= s.fire_at_ms, "delivered early: {s:?}");
+    }
+}
+
+fn keys(seen: &[Seen]) -> BTreeSet<(String, String)> {
+    seen.iter()
+        .map(|s| (s.workflow_id.clone(), s.timer_id.clone()))
+        .collect()
+}
+
+/// Duplicates only after a fault, and then with a higher attempt (G5).
+fn assert_duplicates_are_redeliveries(seen: &[Seen]) {
+    let mut first: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for s in seen {
+        let k = (s.workflow_id.clone(), s.timer_id.clone());
+        if let Some(prev) = first.get(&k) {
+            assert!(
+                s.attempt > *prev || s.attempt >= 2,
+                "duplicate without redelivery: {s:?}"
+            );
+        }
+        first.entry(k).or_insert(s.attempt);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_fire_on_time_never_early() {
+    let c = Cluster::start(options()).await.unwrap();
+    let worker = c.worker("q", &[]).unwrap();
+    let client = c.client();
+    let base = now_ms() + 1_500;
+    let mut expected = BTreeSet::new();
+    for i in 0..200u64 {
+        let w = format!("wf-{}", i % 40);
+        let t = format!("t-{i}");
+        client
+            .schedule(schedule_at(&w, &t, "q", base + i * 15, &i.to_string()))
+            .await
+            .unwrap();
+        expected.insert((w, t));
+    }
+    // A timer of another queue is not delivered to this worker.
+    client
+        .schedule(schedule_at("other", "x", "elsewhere", base, ""))
+        .await
+        .unwrap();
+    let seen = worker
+        .wait_for(Duration::from_secs(30), |s| keys(s) == expected)
+        .await
+        .unwrap();
+    assert_none_early(&seen);
+    assert!(
+        seen.iter().all(|s| s.attempt == 1),
+        "redelivery without a fault"
+    );
+    assert_eq!(seen.len(), 200, "duplicates without a fault");
+    let mut lateness: Vec<u64> = seen
+        .iter()
+        .map(|s| s.delivered_at_ms - s.fire_at_ms)
+        .collect();
+    lateness.sort_unstable();
+    let p50 = lateness[lateness.len() / 2];
+    assert!(p50 < 1_000, "median lateness {p50} ms");
+    // Delivered and acknowledged timers end COMPLETED.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = client.get("wf-0", "t-0").await.unwrap();
+    assert_eq!(t.state, v1::TimerState::Completed as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_leader_while_timers_are_due_loses_none() {
+    let mut c = Cluster::start(options()).await.unwrap();
+    let worker = c.worker("q", &[]).unwrap();
+    let client = c.client();
+    let base = now_ms() + 2_000;
+    let mut expected = BTreeSet::new();
+    for i in 0..300u64 {
+        let w = format!("wf-{}", i % 60);
+        let t = format!("t-{i}");
+        client
+            .schedule(schedule_at(&w, &t, "q", base + i * 20, ""))
+            .await
+            .unwrap();
+        expected.insert((w, t));
+    }
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let victim = c
+        .leader_of(partition_for("wf-0", c.partitions))
+        .await
+        .unwrap();
+    c.kill(victim);
+    let seen = worker
+        .wait_for(Duration::from_secs(60), |s| keys(s).is_superset(&expected))
+        .await
+        .unwrap();
+    assert_none_early(&seen);
+    assert_duplicates_are_redeliveries(&seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_due_while_every_node_is_down_fire_on_restart() {
+    let mut c = Cluster::start(options()).await.unwrap();
+    let client = c.client();
+    let due = now_ms() + 1_000;
+    let mut expected = BTreeSet::new();
+    for i in 0..100u64 {
+        let (w, t) = (format!("wf-{i}"), "sleep".to_string());
+        client
+            .schedule(schedule_at(&w, &t, "q", due, ""))
+            .await
+            .unwrap();
+        expected.insert((w, t));
+    }
+    for i in 1..=3 {
+        c.kill(i);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 1..=3 {
+        c.spawn(i).unwrap();
+    }
+    c.wait_all_led(Duration::from_secs(60)).await.unwrap();
+    let worker = c.worker("q", &[]).unwrap();
+    let seen = worker
+        .wait_for(Duration::from_secs(20), |s| keys(s).is_superset(&expected))
+        .await
+        .unwrap();
+    assert_none_early(&seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_unacked_timers_go_to_another_worker() {
+    let c = Cluster::start(options()).await.unwrap();
+    // This worker takes deliveries and never finishes them.
+    let stuck = c
+        .worker("q", &["--exec", "sleep 600", "--credits", "1000"])
+        .unwrap();
+    let client = c.client();
+    let due = now_ms() + 500;
+    let mut expected = BTreeSet::new();
+    for i in 0..50u64 {
+        let (w, t) = (format!("wf-{i}"), "t".to_string());
+        client
+            .schedule(schedule_at(&w, &t, "q", due, ""))
+            .await
+            .unwrap();
+        expected.insert((w, t));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stuck.kill();
+    let rescuer = c.worker("q", &[]).unwrap();
+    let seen = rescuer
+        .wait_for(Duration::from_secs(20), |s| keys(s).is_superset(&expected))
+        .await
+        .unwrap();
+    assert!(
+        seen.iter().all(|s| s.attempt >= 2),
+        "first attempts went to the killed worker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_answered_cancelled_is_never_delivered() {
+    let c = Cluster::start(options()).await.unwrap();
+    let worker = c.worker("q", &[]).unwrap();
+    let client = std::sync::Arc::new(c.client());
+    let base = now_ms() + 1_000;
+    for i in 0..200u64 {
+        client
+            .schedule(schedule_at(
+                &format!("wf-{i}"),
+                "t",
+                "q",
+                base + (i % 20) * 50,
+                "",
+            ))
+            .await
+            .unwrap();
+    }
+    // Cancel each one around its due time, racing the fire.
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let client = std::sync::Arc::clone(&client);
+        let at = base + (i % 20) * 50 + (i % 7) * 20;
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(
+                at.saturating_sub(now_ms()).saturating_sub(60),
+            ))
+            .await;
+            let r = client.cancel(&format!("wf-{i}"), "t").await.unwrap();
+            (format!("wf-{i}"), r.outcome)
+        }));
+    }
+    let mut cancelled = BTreeSet::new();
+    let mut fired = 0;
+    for t in tasks {
+        let (w, outcome) = t.await.unwrap();
+        if outcome == v1::CancelOutcome::Cancelled as i32 {
+            cancelled.insert(w);
+        } else {
+            fired += 1;
+        }
+    }
+    // Both outcomes should occur for the race to mean something.
+    assert!(
+        !cancelled.is_empty() && fired > 0,
+        "cancelled {} fired {fired}",
+        cancelled.len()
+    );
+    let seen = worker
+        .wait_for(Duration::from_secs(15), |s| keys(s).len() >= fired)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen_after = worker.seen();
+    assert!(seen_after.len() >= seen.len());
+    for s in &seen_after {
+        assert!(
+            !cancelled.contains(&s.workflow_id),
+            "cancelled timer delivered: {s:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_a_year_out_lives_only_on_disk() {
+    let c = Cluster::start(options()).await.unwrap();
+    let client = c.client();
+    let year = 365 * 24 * 3600 * 1000u64;
+    client
+        .schedule(schedule_at("far", "t", "q", now_ms() + year, ""))
+        .await
+        .unwrap();
+    client
+        .schedule(schedule_at("near", "t", "q", now_ms() + 20_000, ""))
+        .await
+        .unwrap();
+    let far = partition_for("far", c.partitions);
+    let near = partition_for("near", c.partitions);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.status().await.unwrap();
+        let p = |n: u32| {
+            s.partitions
+                .iter()
+                .find(|p| p.partition == n)
+                .unwrap()
+                .clone()
+        };
+        // The near timer shows the window is loaded; the far one is pending but not in memory.
+        if p(near).timers_in_memory >= 1 {
+            assert_eq!(p(far).timers_pending, 1 + u64::from(far == near));
+            if far != near {
+                assert_eq!(p(far).timers_in_memory, 0);
+            } else {
+                assert_eq!(p(far).timers_in_memory, 1);
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "near timer never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,410 @@
+//! Test harness for real Hourglass clusters: real `hourglass serve` processes on loopback,
+//! real gRPC, real RocksDB in temporary directories.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hourglass_client::{v1, Client, RetryPolicy};
+
+/// The release `hourglass` binary next to this test executable (`target/release/`), or
+/// `$HOURGLASS_BIN`.
+pub fn hourglass_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("HOURGLASS_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = dir.join("hourglass");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --release -p hourglass`",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub addr: String,
+    pub http: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of `hourglass serve` processes. Dropping it kills them.
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+    pub partitions: u32,
+    _root: tempfile::TempDir,
+}
+
+/// Knobs of a test cluster.
+#[derive(Clone)]
+pub struct Options {
+    pub nodes: usize,
+    pub partitions: u32,
+    /// Extra TOML appended to every node's configuration.
+    pub extra_toml: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            partitions: 4,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts the cluster and waits until every partition has a leader.
+    pub async fn start(opts: Options) -> Result<Cluster> {
+        let root = tempfile::Builder::new().prefix("hourglass-it-").tempdir()?;
+        let ports: Vec<(u16, u16)> = (0..opts.nodes)
+            .map(|_| (free_port(), free_port()))
+            .collect();
+        let peers: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (g, _))| format!("\"{}=127.0.0.1:{g}\"", i + 1))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (grpc, http)) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            let dir = root.path().join(format!("node-{id}"));
+            std::fs::create_dir_all(&dir)?;
+            let config = root.path().join(format!("node-{id}.toml"));
+            // Short election timeouts keep failover tests quick on loopback.
+            let toml = format!(
+                "node_id = {id}\nlisten = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+                 data_dir = \"{}\"\npeers = [{}]\npartitions = {}\nreplication_factor = {}\n{}\n",
+                dir.join("data").display(),
+                peers.join(", "),
+                opts.partitions,
+                opts.nodes.min(3),
+                opts.extra_toml,
+            );
+            std::fs::write(&config, toml)?;
+            nodes.push(NodeProc {
+                id,
+                addr: format!("127.0.0.1:{grpc}"),
+                http: format!("127.0.0.1:{http}"),
+                dir,
+                config,
+                child: None,
+            });
+        }
+        let mut cluster = Cluster {
+            nodes,
+            partitions: opts.partitions,
+            _root: root,
+        };
+        for id in 1..=opts.nodes as u64 {
+            cluster.spawn(id)?;
+        }
+        cluster.wait_all_led(Duration::from_secs(60)).await?;
+        Ok(cluster)
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Starts node `id`'s process (stderr to `node-dir/stderr.log`).
+    pub fn spawn(&mut self, id: u64) -> Result<()> {
+        let bin = hourglass_bin();
+        let node = self.node_mut(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.join("stderr.log"))?;
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&node.config)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning hourglass serve")?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.node_mut(id).child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Exit status of node `id` if its process ended.
+    pub fn try_exit(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        self.node_mut(id)
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn stderr(&self, id: u64) -> String {
+        std::fs::read_to_string(self.node(id).dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Deletes node `id`'s data directory (the node must be stopped).
+    pub fn wipe(&self, id: u64) -> Result<()> {
+        let data = self.node(id).dir.join("data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data)?;
+        }
+        Ok(())
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.node(id).dir.join("data")
+    }
+
+    /// A client of the given nodes only.
+    pub fn client_of(&self, ids: &[u64]) -> Client {
+        let endpoints: Vec<String> = ids.iter().map(|&i| self.node(i).addr.clone()).collect();
+        Client::with_retry(
+            &endpoints,
+            RetryPolicy {
+                budget: Duration::from_secs(30),
+                attempt_timeout: Duration::from_secs(12),
+            },
+        )
+        .expect("valid endpoints")
+    }
+
+    /// A client of every node.
+    pub fn client(&self) -> Client {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        self.client_of(&ids)
+    }
+
+    /// Cluster status as seen by any live node.
+    pub async fn status(&self) -> Result<v1::ClusterStatusResponse> {
+        Ok(self.client().cluster_status().await?)
+    }
+
+    /// Waits until every partition reports a leader among live nodes.
+    pub async fn wait_all_led(&self, within: Duration) -> Result<v1::ClusterStatusResponse> {
+        let deadline = Instant::now() + within;
+        let mut last;
+        loop {
+            match self.status().await {
+                Ok(s) if s.partitions.iter().all(|p| p.leader != 0) => return Ok(s),
+                Ok(s) => {
+                    last = format!(
+                        "{:?}",
+                        s.partitions.iter().map(|p| p.leader).collect::<Vec<_>>()
+                    )
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() > deadline {
+                bail!("not every partition got a leader within {within:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn leader_of(&self, partition: u32) -> Result<u64> {
+        let s = self.status().await?;
+        let p = s
+            .partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .context("partition missing from status")?;
+        if p.leader == 0 {
+            bail!("partition {partition} has no leader");
+        }
+        Ok(p.leader)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// A schedule request due `delay` from now with a text payload.
+pub fn schedule_in(
+    workflow: &str,
+    timer: &str,
+    delay: Duration,
+    payload: &str,
+) -> v1::ScheduleRequest {
+    v1::ScheduleRequest {
+        workflow_id: workflow.into(),
+        timer_id: timer.into(),
+        queue: String::new(),
+        when: Some(v1::schedule_request::When::Delay(prost_types::Duration {
+            seconds: delay.as_secs() as i64,
+            nanos: delay.subsec_nanos() as i32,
+        })),
+        payload: payload.as_bytes().to_vec(),
+    }
+}
+
+/// One delivery as `hourglass worker` printed it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub workflow_id: String,
+    pub timer_id: String,
+    pub attempt: u64,
+    pub fire_at_ms: u64,
+    pub fired_at_ms: u64,
+    pub delivered_at_ms: u64,
+    pub payload: String,
+}
+
+fn parse_rfc3339_ms(v: &serde_json::Value) -> u64 {
+    v.as_str()
+        .and_then(|s| humantime::parse_rfc3339(s).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An `hourglass worker` process; its deliveries are collected as they are printed.
+pub struct WorkerProc {
+    child: Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl WorkerProc {
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen lock").clone()
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits until `pred` holds over the deliveries seen so far.
+    pub async fn wait_for(
+        &self,
+        within: Duration,
+        pred: impl Fn(&[Seen]) -> bool,
+    ) -> Result<Vec<Seen>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self.seen();
+            if pred(&seen) {
+                return Ok(seen);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "condition not met within {within:?}; {} deliveries seen",
+                    seen.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Cluster {
+    /// Starts `hourglass worker --queue QUEUE` with extra arguments against every node.
+    pub fn worker(&self, queue: &str, extra: &[&str]) -> Result<WorkerProc> {
+        let endpoints: Vec<String> = self.nodes.iter().map(|n| n.addr.clone()).collect();
+        let mut child = Command::new(hourglass_bin())
+            .arg("--endpoints")
+            .arg(endpoints.join(","))
+            .arg("worker")
+            .arg("--queue")
+            .arg(queue)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning hourglass worker")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let s = Seen {
+                    workflow_id: v["workflow_id"].as_str().unwrap_or_default().to_owned(),
+                    timer_id: v["timer_id"].as_str().unwrap_or_default().to_owned(),
+                    attempt: v["attempt"].as_u64().unwrap_or(0),
+                    fire_at_ms: parse_rfc3339_ms(&v["fire_at"]),
+                    fired_at_ms: parse_rfc3339_ms(&v["fired_at"]),
+                    delivered_at_ms: parse_rfc3339_ms(&v["delivered_at"]),
+                    payload: v["payload"].as_str().unwrap_or_default().to_owned(),
+                };
+                sink.lock().expect("seen lock").push(s);
+            }
+        });
+        Ok(WorkerProc { child, seen })
+    }
+}
+
+/// A schedule request due at an absolute time, in milliseconds since the epoch.
+pub fn schedule_at(
+    workflow: &str,
+    timer: &str,
+    queue: &str,
+    at_ms: u64,
+    payload: &str,
+) -> v1::ScheduleRequest {
+    v1::ScheduleRequest {
+        workflow_id: workflow.into(),
+        timer_id: timer.into(),
+        queue: queue.into(),
+        when: Some(v1::schedule_request::When::FireAt(prost_types::Timestamp {
+            seconds: (at_ms / 1000) as i64,
+            nanos: ((at_ms % 1000) * 1_000_000) as i32,
+        })),
+        payload: payload.as_bytes().to_vec(),
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
