@@ -58,6 +58,10 @@ impl fmt::Display for Peer {
     }
 }
 
+/// Test-only fault injection read by the chaos harness's `--inject-fault lose-fires`: the
+/// fraction of fired timers to lose. Never set it in production.
+pub const LOSE_FIRES_ENV: &str = "HOURGLASS_FAULT_LOSE_FIRES";
+
 /// Raft timing and log compaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -187,6 +191,11 @@ impl NodeConfig {
             batch: self.timers.batch,
             max_sleep: Duration::from_millis(500),
             tombstone_retention: Duration::from_millis(self.timers.tombstone_retention_ms),
+            lose_fired_fraction: std::env::var(LOSE_FIRES_ENV)
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+                .map(|f| f.clamp(0.0, 1.0))
+                .unwrap_or(0.0),
         }
     }
 

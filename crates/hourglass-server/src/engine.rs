@@ -35,6 +35,9 @@ pub struct EngineConfig {
     pub max_sleep: Duration,
     /// Tombstones older than this are expired.
     pub tombstone_retention: Duration,
+    /// Fault injection for the chaos harness (`HOURGLASS_FAULT_LOSE_FIRES`): this fraction of
+    /// fired timers is acknowledged without being delivered, i.e. lost. Always 0 otherwise.
+    pub lose_fired_fraction: f64,
 }
 
 /// How often the leader looks for tombstones past retention.
@@ -56,6 +59,8 @@ struct Engine {
     next_sweep: tokio::time::Instant,
     /// Published wheel size, for status.
     in_memory: Arc<AtomicU64>,
+    /// Where the injected fault sends the timers it loses.
+    acks: mpsc::UnboundedSender<TimerKey>,
 }
 
 /// What an engine works with.
@@ -94,7 +99,7 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
         }
     }
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    dispatcher.attach_partition(partition, ack_tx);
+    dispatcher.attach_partition(partition, ack_tx.clone());
     // Runs however the engine ends, also when its task is aborted.
     let _cleanup = Cleanup {
         partition,
@@ -114,6 +119,7 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
         covered_until_ms: None,
         next_sweep: tokio::time::Instant::now(),
         in_memory: Arc::clone(&in_memory),
+        acks: ack_tx,
         wheel: TimingWheel::new(SystemClock),
         handles: HashMap::new(),
         group,
@@ -317,6 +323,7 @@ impl Engine {
                             let late = fired_at_ms.saturating_sub(t.fire_at_ms);
                             self.metrics.fire_lateness.observe(late as f64 / 1000.0);
                         }
+                        let timers = self.inject_loss(timers);
                         self.dispatcher
                             .offer(self.partition, timers.into_iter().map(|r| (r, 1)));
                     }
@@ -330,6 +337,29 @@ impl Engine {
 }
 
 impl Engine {
+    /// The injected fault: completes a deterministic share of fired timers undelivered.
+    fn inject_loss(
+        &self,
+        timers: Vec<hourglass_types::TimerRecord>,
+    ) -> Vec<hourglass_types::TimerRecord> {
+        let fraction = self.config.lose_fired_fraction;
+        if fraction <= 0.0 {
+            return timers;
+        }
+        let (lost, kept): (Vec<_>, Vec<_>) = timers.into_iter().partition(|t| {
+            let h = hourglass_types::partition_for(
+                &format!("{}/{}", t.key.workflow_id, t.key.timer_id),
+                10_000,
+            );
+            f64::from(h) < fraction * 10_000.0
+        });
+        for t in lost {
+            warn!(partition = self.partition, timer = ?t.key, "fault injection: losing a fired timer");
+            let _ = self.acks.send(t.key);
+        }
+        kept
+    }
+
     /// Forgets tombstones past their retention, a batch per sweep.
     async fn expire_tombstones(&mut self, now: u64) -> Result<(), String> {
         let before_ms = now.saturating_sub(self.config.tombstone_retention.as_millis() as u64);

@@ -133,6 +133,14 @@ impl Host {
             );
         }
         let raft_config = Arc::new(self.config.openraft_config()?);
+        let lose = self.config.engine_config().lose_fired_fraction;
+        if lose > 0.0 {
+            warn!(
+                node_id = self.node_id,
+                fraction = lose,
+                "FAULT INJECTION ACTIVE: fired timers will be lost on purpose"
+            );
+        }
         let syncer = LogSyncer::start(&self.store);
         let mut groups = HashMap::new();
         for partition in meta.placement.partitions_of(self.node_id) {

@@ -1,0 +1,353 @@
+//! `hourglass-jepsen`: runs a real Hourglass cluster in network namespaces under faults,
+//! records every operation and delivery, and checks the guarantees over the history.
+
+mod checker;
+mod cluster;
+mod history;
+mod nemesis;
+mod net;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hourglass_client::Client;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::checker::CheckOptions;
+use crate::history::{now_ms, Event, Kind, Recorder};
+
+#[derive(Parser)]
+#[command(
+    name = "hourglass-jepsen",
+    about = "Chaos harness and checker for Hourglass."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a cluster under faults, record the history, check it. Needs root.
+    Run(RunArgs),
+    /// Check a recorded history.
+    Check {
+        /// history.jsonl of a run.
+        history: PathBuf,
+        /// Early deliveries within this (by the harness clock) are attributed to clock skew.
+        #[arg(long, default_value = "3s")]
+        skew_bound: String,
+    },
+    /// Remove namespaces, links and processes a crashed run left behind.
+    Cleanup,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Nodes (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Partitions of the cluster.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// How long faults are injected (the drain comes after).
+    #[arg(long, default_value = "60s")]
+    duration: String,
+    /// Comma-separated nemeses, or `all`: kill, kill-leader, kill-minority, kill-all,
+    /// pause-leader, partition-one, partition-halves, partition-ring, partition-leader,
+    /// clock-skew, worker-kill, or `none`.
+    #[arg(long, default_value = "all")]
+    nemesis: String,
+    /// How long each fault lasts.
+    #[arg(long, default_value = "8s")]
+    fault: String,
+    /// Healthy time between faults.
+    #[arg(long, default_value = "6s")]
+    heal: String,
+    /// Largest clock offset the clock-skew nemesis applies.
+    #[arg(long, default_value = "2s")]
+    skew_max: String,
+    /// Client operations per second (schedules, cancels, reads).
+    #[arg(long, default_value_t = 40)]
+    rate: u64,
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// Share of operations that are cancels.
+    #[arg(long, default_value_t = 0.2)]
+    cancel_fraction: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the history, node logs and report go (default: jepsen/runs/<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The hourglass binary (default: the release build in the target directory).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Make the system wrong on purpose to show the checker catches it: `lose-fires`
+    /// acknowledges 5% of fired timers without delivering them.
+    #[arg(long)]
+    inject_fault: Option<String>,
+}
+
+fn parse_duration(flag: &str, v: &str) -> Result<Duration> {
+    humantime::parse_duration(v).with_context(|| format!("{flag} {v:?}"))
+}
+
+fn default_bin() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("release/hourglass")
+}
+
+async fn run(args: RunArgs) -> Result<bool> {
+    if !(3..=9).contains(&args.nodes) {
+        bail!("--nodes must be between 3 and 9");
+    }
+    let duration = parse_duration("--duration", &args.duration)?;
+    let fault = parse_duration("--fault", &args.fault)?;
+    let heal = parse_duration("--heal", &args.heal)?;
+    let skew_max = parse_duration("--skew-max", &args.skew_max)?;
+    let nemeses: Vec<String> = match args.nemesis.as_str() {
+        "all" => nemesis::ALL.iter().map(|s| s.to_string()).collect(),
+        "none" => Vec::new(),
+        list => list.split(',').map(|s| s.trim().to_string()).collect(),
+    };
+    for n in &nemeses {
+        if !nemesis::ALL.contains(&n.as_str()) {
+            bail!(
+                "unknown nemesis {n:?}; choose from {}",
+                nemesis::ALL.join(", ")
+            );
+        }
+    }
+    let env = match args.inject_fault.as_deref() {
+        None => Vec::new(),
+        Some("lose-fires") => vec![("HOURGLASS_FAULT_LOSE_FIRES".to_string(), "0.05".to_string())],
+        Some(other) => bail!("unknown fault {other:?}; the only one is lose-fires"),
+    };
+    let bin = args.bin.clone().unwrap_or_else(default_bin);
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release --workspace --all-targets`",
+            bin.display()
+        );
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("runs")
+            .join(format!("{}", now_ms()))
+    });
+    std::fs::create_dir_all(&out)?;
+    eprintln!("jepsen: run directory {}", out.display());
+
+    net::setup(args.nodes)
+        .context("setting up network namespaces (needs root, iproute2, iptables)")?;
+    let plan = Plan {
+        nemeses,
+        duration,
+        fault,
+        heal,
+        skew_max,
+        env,
+        bin,
+        out,
+    };
+    let result = run_in_network(&args, plan).await;
+    net::teardown();
+    result
+}
+
+/// A run's validated settings.
+struct Plan {
+    nemeses: Vec<String>,
+    duration: Duration,
+    fault: Duration,
+    heal: Duration,
+    skew_max: Duration,
+    env: Vec<(String, String)>,
+    bin: PathBuf,
+    out: PathBuf,
+}
+
+async fn run_in_network(args: &RunArgs, plan: Plan) -> Result<bool> {
+    let Plan {
+        nemeses,
+        duration,
+        fault,
+        heal,
+        skew_max,
+        env,
+        bin,
+        out,
+    } = plan;
+    let rec = Recorder::create(&out.join("history.jsonl"))?;
+    let mut cluster = cluster::Cluster::new(args.nodes, bin, &out, args.partitions, env)?;
+    let endpoints = cluster.endpoints();
+    let admin = Client::new(&endpoints)?;
+    eprintln!("jepsen: waiting for {} nodes to elect leaders", args.nodes);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if cluster.leaders(&admin).await.len() == args.partitions as usize {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "cluster did not come up; see {}/node-*/node.log",
+                out.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let stop_clients = Arc::new(AtomicBool::new(false));
+    let stop_workers = Arc::new(AtomicBool::new(false));
+    let known = Arc::new(Mutex::new(workload::Known::default()));
+    let kills: Vec<Arc<tokio::sync::Notify>> = (0..args.workers)
+        .map(|_| Arc::new(tokio::sync::Notify::new()))
+        .collect();
+    let workers: Vec<_> = kills
+        .iter()
+        .enumerate()
+        .map(|(n, kill)| {
+            tokio::spawn(workload::worker(
+                n,
+                endpoints.clone(),
+                rec.clone(),
+                Arc::clone(kill),
+                Arc::clone(&stop_workers),
+                args.seed,
+            ))
+        })
+        .collect();
+    let clients = tokio::spawn(workload::clients(
+        endpoints.clone(),
+        rec.clone(),
+        workload::WorkloadOptions {
+            clients: args.clients,
+            rate: args.rate,
+            cancel_fraction: args.cancel_fraction,
+            seed: args.seed,
+        },
+        Arc::clone(&known),
+        Arc::clone(&stop_clients),
+    ));
+
+    let mut nem = nemesis::Nemesis {
+        rng: StdRng::seed_from_u64(args.seed),
+        rec: rec.clone(),
+        workers: kills.clone(),
+        skew_max_ms: skew_max.as_millis() as u64,
+    };
+    let started = tokio::time::Instant::now();
+    let mut cycle = 0usize;
+    let mut order: Vec<String> = nemeses.clone();
+    while started.elapsed() < duration {
+        tokio::time::sleep(heal.min(duration.saturating_sub(started.elapsed()))).await;
+        if nemeses.is_empty() || started.elapsed() >= duration {
+            continue;
+        }
+        // Every nemesis runs once per round, in a seeded random order.
+        if cycle.is_multiple_of(order.len()) {
+            order.shuffle(&mut nem.rng);
+        }
+        let name = order[cycle % order.len()].clone();
+        cycle += 1;
+        eprintln!("jepsen: {:>4} s  fault {name}", started.elapsed().as_secs());
+        let applied = nem.apply(&name, &mut cluster, &admin).await?;
+        tokio::time::sleep(fault).await;
+        nem.heal(applied, &mut cluster)?;
+    }
+    eprintln!("jepsen: final heal, recovery and drain");
+    nem.heal_all(&mut cluster)?;
+    stop_clients.store(true, Ordering::Relaxed);
+    let _ = clients.await;
+    // Drain: wait past the last due time, so every timer had its chance.
+    let last_due = known.lock().expect("known lock").last_due;
+    let drain_until = last_due.max(now_ms()) + 15_000;
+    while now_ms() < drain_until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop_workers.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
+    }
+    rec.record(Event::new("harness", Kind::Nemesis, "end"));
+    rec.flush();
+    cluster.shutdown();
+
+    let history = history::read(&out.join("history.jsonl"))?;
+    let opts = CheckOptions {
+        skew_bound_ms: skew_max.as_millis() as u64 + 500,
+        grace_ms: 10_000,
+    };
+    let report = checker::check(&history, &opts);
+    let text = checker::render(&report);
+    std::fs::write(out.join("report.txt"), &text)?;
+    std::fs::write(
+        out.join("result.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("{text}");
+    println!(
+        "history: {}  ops: {}",
+        out.join("history.jsonl").display(),
+        history.len()
+    );
+    Ok(report.valid)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter("warn")
+        .try_init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = match cli.command {
+        Cmd::Cleanup => {
+            net::teardown();
+            Ok(true)
+        }
+        Cmd::Check {
+            history,
+            skew_bound,
+        } => (|| {
+            let events = history::read(&history)?;
+            let opts = CheckOptions {
+                skew_bound_ms: parse_duration("--skew-bound", &skew_bound)?.as_millis() as u64,
+                grace_ms: 10_000,
+            };
+            let report = checker::check(&events, &opts);
+            println!("{}", checker::render(&report));
+            Ok(report.valid)
+        })(),
+        Cmd::Run(args) => runtime.block_on(async {
+            tokio::select! {
+                r = run(args) => r,
+                _ = tokio::signal::ctrl_c() => {
+                    net::teardown();
+                    bail!("interrupted; namespaces removed")
+                }
+            }
+        }),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("jepsen: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
