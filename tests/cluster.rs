@@ -319,3 +319,30 @@ async fn a_lagging_node_catches_up_through_a_snapshot() {
     let client = c.client_of(&[lagging, others[1]]);
     assert_eq!(client.list("w").await.unwrap().len(), 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_data_made_with_another_partition_count() {
+    let mut c = cluster().await;
+    c.kill(3);
+    let config = c.node(3).config.clone();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("partitions = 4", "partitions = 8")).unwrap();
+    c.spawn(3).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = c.try_exit(3) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node kept running with another partition count"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    assert!(
+        c.stderr(3).contains("created for 4 partitions"),
+        "{}",
+        c.stderr(3)
+    );
+}

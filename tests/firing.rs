@@ -283,3 +283,60 @@ async fn a_timer_a_year_out_lives_only_on_disk() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The firing issue's acceptance scenario: 10,000 timers falling due over 30 s, an
+/// `hourglass worker` printing them, and the leader of a partition killed midway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_timers_over_thirty_seconds_with_a_leader_killed_midway() {
+    let mut c = Cluster::start(options()).await.unwrap();
+    let worker = c.worker("q", &["--credits", "1000"]).unwrap();
+    let client = std::sync::Arc::new(c.client());
+    let base = now_ms() + 8_000;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (client, next) = (std::sync::Arc::clone(&client), std::sync::Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= 10_000 {
+                    return;
+                }
+                let at = base + i * 3; // 10,000 timers over 30 s
+                client
+                    .schedule(schedule_at(
+                        &format!("wf-{}", i % 500),
+                        &format!("t-{i}"),
+                        "q",
+                        at,
+                        "",
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(now_ms() < base, "scheduling took longer than the lead time");
+    let expected: BTreeSet<(String, String)> = (0..10_000u64)
+        .map(|i| (format!("wf-{}", i % 500), format!("t-{i}")))
+        .collect();
+    // Midway through the 30 s, kill the leader of one partition.
+    tokio::time::sleep(Duration::from_millis(
+        (base + 15_000).saturating_sub(now_ms()),
+    ))
+    .await;
+    let victim = c
+        .leader_of(partition_for("wf-0", c.partitions))
+        .await
+        .unwrap();
+    c.kill(victim);
+    let seen = worker
+        .wait_for(Duration::from_secs(90), |s| keys(s).is_superset(&expected))
+        .await
+        .unwrap();
+    assert_none_early(&seen);
+    assert_duplicates_are_redeliveries(&seen);
+}

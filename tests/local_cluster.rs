@@ -194,6 +194,18 @@ fn operator_session_up_kill_restart_down() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The surviving nodes' metrics count the schedules they committed as leaders.
+    let scheduled: u64 = [1u16, 3]
+        .iter()
+        .filter_map(|i| http_get(s.base + 100 + i, "/metrics"))
+        .flat_map(|text| {
+            text.lines()
+                .filter(|l| l.starts_with("hourglass_timers_scheduled_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert!(scheduled >= 1, "no scheduled timers in /metrics");
     s.ok(&["pause", "3"]);
     assert!(s.ok(&["status"]).contains("node 3: paused"));
     s.ok(&["resume", "3"]);

@@ -24,6 +24,9 @@ use rand::SeedableRng;
 use crate::checker::CheckOptions;
 use crate::history::{now_ms, Event, Kind, Recorder};
 
+/// How long clients keep working after the final heal.
+const RECOVERY: Duration = Duration::from_secs(10);
+
 #[derive(Parser)]
 #[command(
     name = "hourglass-jepsen",
@@ -270,6 +273,8 @@ async fn run_in_network(args: &RunArgs, plan: Plan) -> Result<bool> {
     }
     eprintln!("jepsen: final heal, recovery and drain");
     nem.heal_all(&mut cluster)?;
+    // Recovery: clients keep going against the healed cluster for a while.
+    tokio::time::sleep(RECOVERY).await;
     stop_clients.store(true, Ordering::Relaxed);
     let _ = clients.await;
     // Drain: wait past the last due time, so every timer had its chance.

@@ -31,7 +31,7 @@ pub enum Error {
     #[error("no endpoints given")]
     NoEndpoints,
     /// The cluster's answer; `status.code()` says which kind (see the API docs).
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Status(Box<Status>),
 }
 

@@ -15,6 +15,13 @@ use crate::log_store::LogStore;
 use crate::state_machine::{StateMachine, TimerEvents};
 use crate::syncer::LogSyncer;
 
+/// All memtables of the node together.
+const MEMTABLE_BUDGET: usize = 128 << 20;
+/// One memtable of one column family, before it is flushed.
+const MEMTABLE_BYTES_PER_CF: usize = 16 << 20;
+/// The block cache shared by every column family.
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
+
 /// What a node records about its cluster the first time it starts, and checks on every start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMeta {
@@ -59,9 +66,19 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        let cfs = keys::ALL_CFS
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        // Memory stays bounded however many timers are stored (G8): all memtables share one
+        // budget and all column families one block cache.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let cfs = keys::ALL_CFS.iter().map(|name| {
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_bloom_filter(10.0, false);
+            let mut cf = Options::default();
+            cf.set_block_based_table_factory(&table);
+            cf.set_write_buffer_size(MEMTABLE_BYTES_PER_CF);
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
         Ok(Store {
             db: Arc::new(db),

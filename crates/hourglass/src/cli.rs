@@ -155,6 +155,9 @@ pub struct DevArgs {
     /// Partition count.
     #[arg(long, default_value_t = 16)]
     pub partitions: u32,
+    /// Node i listens for gRPC on BASE+i and for HTTP on BASE+2000+i.
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
 }
 
 #[derive(Subcommand)]

@@ -95,6 +95,11 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
     if args.nodes == 0 || args.nodes > 9 {
         return Err(crate::usage("--nodes must be between 1 and 9"));
     }
+    if args.base_port == 0 || args.base_port > 60_000 {
+        return Err(crate::usage("--base-port must be between 1 and 60000"));
+    }
+    let grpc = |i: u32| args.base_port + i as u16;
+    let http = |i: u32| args.base_port + 2000 + i as u16;
     init_tracing();
     let (_temp, root): (Option<tempfile::TempDir>, PathBuf) = match args.data {
         Some(dir) => (None, dir),
@@ -109,17 +114,17 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
     let peers: Vec<Peer> = (1..=args.nodes)
         .map(|i| Peer {
             id: u64::from(i),
-            address: format!("127.0.0.1:{}", 7000 + i),
+            address: format!("127.0.0.1:{}", grpc(i)),
         })
         .collect();
     let configs: Vec<NodeConfig> = (1..=args.nodes)
         .map(|i| NodeConfig {
             node_id: u64::from(i),
-            listen: format!("127.0.0.1:{}", 7000 + i)
+            listen: format!("127.0.0.1:{}", grpc(i))
                 .parse()
                 .expect("valid address"),
             http_listen: Some(
-                format!("127.0.0.1:{}", 9000 + i)
+                format!("127.0.0.1:{}", http(i))
                     .parse()
                     .expect("valid address"),
             ),
@@ -158,11 +163,13 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
             "node {}:    grpc {}   http http://127.0.0.1:{}/readyz",
             p.id,
             p.address,
-            9000 + p.id
+            http(p.id as u32)
         );
     }
-    println!("try:       hourglass timer schedule --workflow order-1 --id reminder --in 30s --payload hello");
-    println!("           hourglass cluster status");
+    let list = endpoints.join(",");
+    println!("try:       hourglass --endpoints {list} timer schedule --workflow order-1 --id reminder --in 30s --payload hello");
+    println!("           hourglass --endpoints {list} worker --queue default");
+    println!("           hourglass --endpoints {list} cluster status");
     println!("press Ctrl-C to stop");
     stop_signal().await;
     for n in nodes {

@@ -1,0 +1,106 @@
+//! The deployment files under deploy/. No Docker engine or Kubernetes cluster runs here, so
+//! they are checked as far as the tools allow: YAML parsed and its structure checked, every
+//! embedded or example node configuration validated by `hourglass serve --print-config`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hourglass_tests::hourglass_bin;
+use serde_yaml::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Validates a node configuration with the real binary; extra flags fill per-node keys.
+fn assert_valid_config(toml: &Path, extra: &[&str]) {
+    let out = Command::new(hourglass_bin())
+        .args(["serve", "--print-config", "--config"])
+        .arg(toml)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} rejected: {}",
+        toml.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn docker_compose_describes_three_distinct_nodes() {
+    let text = std::fs::read_to_string(repo().join("deploy/docker/docker-compose.yml")).unwrap();
+    let doc: Value = serde_yaml::from_str(&text).unwrap();
+    let services = doc["services"].as_mapping().unwrap();
+    assert_eq!(services.len(), 3);
+    let mut ids = Vec::new();
+    for (_, s) in services {
+        // Merge keys (<<) are resolved by compose; check the node-specific keys directly.
+        let env = &s["environment"];
+        ids.push(env["HOURGLASS_NODE_ID"].as_str().unwrap().to_owned());
+        assert!(env["HOURGLASS_ADVERTISE"]
+            .as_str()
+            .unwrap()
+            .ends_with(":7001"));
+        assert_eq!(s["volumes"].as_sequence().unwrap().len(), 1);
+    }
+    ids.sort();
+    assert_eq!(ids, ["1", "2", "3"]);
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/docker/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("cargo build --release --locked -p hourglass"));
+    assert!(dockerfile.contains("COPY --from=build /hourglass /usr/local/bin/hourglass"));
+}
+
+#[test]
+fn kubernetes_manifests_have_what_a_statefulset_needs() {
+    let text = std::fs::read_to_string(repo().join("deploy/k8s/hourglass.yaml")).unwrap();
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for kind in ["ConfigMap", "Service", "PodDisruptionBudget", "StatefulSet"] {
+        assert!(kinds.contains(&kind), "{kind} missing");
+    }
+    let sts = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+    assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(container["args"][0]
+        .as_str()
+        .unwrap()
+        .contains("HOURGLASS_NODE_ID=$(( ${HOSTNAME##*-} + 1 ))"));
+    let headless = docs
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["spec"]["clusterIP"] == "None")
+        .expect("a headless service");
+    assert_eq!(headless["metadata"]["name"], sts["spec"]["serviceName"]);
+    // The embedded configuration is valid once the pod supplies its id and address.
+    let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("node.toml");
+    std::fs::write(&toml, cm["data"]["node.toml"].as_str().unwrap()).unwrap();
+    assert_valid_config(
+        &toml,
+        &[
+            "--node-id",
+            "2",
+            "--advertise",
+            "hourglass-1.hourglass:7001",
+        ],
+    );
+}
+
+#[test]
+fn systemd_unit_and_example_config() {
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/hourglass.service")).unwrap();
+    for line in [
+        "[Unit]",
+        "[Service]",
+        "[Install]",
+        "ExecStart=/usr/local/bin/hourglass serve --config /etc/hourglass/node.toml",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing");
+    }
+    assert_valid_config(&repo().join("deploy/systemd/node.toml.example"), &[]);
+}
