@@ -252,7 +252,7 @@ async fn many_timers_survive_a_full_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wiped_node_is_refused_not_silently_rejoined() {
+async fn a_wiped_node_is_refused_then_rebuilt_safely_with_rejoin() {
     let mut c = cluster().await;
     c.client()
         .schedule(schedule_in("w", "t", HOUR, ""))
@@ -272,7 +272,39 @@ async fn a_wiped_node_is_refused_not_silently_rejoined() {
     assert!(!status.success());
     assert!(c.stderr(2).contains("wiped or replaced"), "{}", c.stderr(2));
     // The rest of the cluster keeps serving.
-    assert!(c.client_of(&[1, 3]).get("w", "t").await.is_ok());
+    let survivors = c.client_of(&[1, 3]);
+    assert!(survivors.get("w", "t").await.is_ok());
+    survivors
+        .schedule(schedule_in("w", "while-away", HOUR, ""))
+        .await
+        .unwrap();
+
+    // The operator's recovery: --rejoin fences the lost votes and catches up.
+    let earlier = c.stderr(2).len();
+    c.spawn_with(2, &["--rejoin"]).unwrap();
+    let log = |c: &Cluster| c.stderr(2)[earlier..].to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log(&c).contains("node started") {
+        assert!(c.try_exit(2).is_none(), "rejoin failed: {}", log(&c));
+        assert!(
+            Instant::now() < deadline,
+            "rejoin did not finish: {}",
+            log(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(log(&c).contains("votes fenced"), "{}", log(&c));
+    c.wait_all_led(Duration::from_secs(30)).await.unwrap();
+    // With node 1 gone, every partition needs the rebuilt node 2 for its majority.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.kill(1);
+    let rebuilt = c.client_of(&[2, 3]);
+    assert!(rebuilt.get("w", "t").await.is_ok());
+    assert!(rebuilt.get("w", "while-away").await.is_ok());
+    rebuilt
+        .schedule(schedule_in("w", "after", HOUR, ""))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

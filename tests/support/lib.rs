@@ -131,6 +131,11 @@ impl Cluster {
 
     /// Starts node `id`'s process (stderr to `node-dir/stderr.log`).
     pub fn spawn(&mut self, id: u64) -> Result<()> {
+        self.spawn_with(id, &[])
+    }
+
+    /// Starts node `id`'s process with extra `serve` arguments.
+    pub fn spawn_with(&mut self, id: u64, extra: &[&str]) -> Result<()> {
         let bin = hourglass_bin();
         let node = self.node_mut(id);
         let log = std::fs::OpenOptions::new()
@@ -141,6 +146,7 @@ impl Cluster {
             .arg("serve")
             .arg("--config")
             .arg(&node.config)
+            .args(extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)

@@ -140,6 +140,9 @@ pub struct NodeConfig {
     pub request_timeout_ms: u64,
     pub raft: RaftConfig,
     pub timers: TimersConfig,
+    /// One-time recovery of a node whose data was lost (`--rejoin`), never stored in a file.
+    #[serde(skip)]
+    pub rejoin: bool,
 }
 
 impl Default for NodeConfig {
@@ -157,6 +160,7 @@ impl Default for NodeConfig {
             request_timeout_ms: 10_000,
             raft: RaftConfig::default(),
             timers: TimersConfig::default(),
+            rejoin: false,
         }
     }
 }

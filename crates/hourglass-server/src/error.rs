@@ -31,12 +31,15 @@ pub enum Error {
     #[error(
         "the data directory {dir} is empty, but peer node {peer} already holds Raft state of this cluster; \
          this node was wiped or replaced. Refusing to start: a node that forgot its votes could break \
-         Raft's safety. Restore its data from a backup, or remove and re-add it (docs/operations.md)"
+         Raft's safety. If its disk was lost, start it once with --rejoin (every other replica of \
+         its partitions must be up); see docs/operations.md"
     )]
     WipedNode {
         dir: std::path::PathBuf,
         peer: NodeId,
     },
+    #[error("cannot rejoin: {0}")]
+    Rejoin(String),
     #[error("peer {peer} reports {theirs} partitions, this node is configured with {ours}")]
     PeerPartitionMismatch {
         peer: NodeId,

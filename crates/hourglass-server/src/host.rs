@@ -108,7 +108,34 @@ impl Host {
                 &self.config.node_ids(),
                 self.config.replication_factor,
             )?;
-            self.check_not_wiped().await?;
+            let fences = match self.check_not_wiped().await {
+                Err(Error::WipedNode { .. }) if self.config.rejoin => {
+                    self.vote_fences(&placement).await?
+                }
+                other => {
+                    other?;
+                    Vec::new()
+                }
+            };
+            let syncer = LogSyncer::start(&self.store);
+            for (partition, term) in &fences {
+                // In every term up to the cluster's highest, act as if this node already voted:
+                // whatever it voted before its data was lost, it cannot vote twice.
+                let mut log = self.store.log_store(*partition, syncer.clone());
+                openraft::storage::RaftLogStorage::save_vote(
+                    &mut log,
+                    &openraft::Vote::new(*term, self.node_id),
+                )
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
+            }
+            if !fences.is_empty() {
+                warn!(
+                    node_id = self.node_id,
+                    partitions = fences.len(),
+                    "rejoining with lost data: votes fenced, catching up from the leaders"
+                );
+            }
             let meta = ClusterMeta {
                 node_id: self.node_id,
                 partitions: self.config.partitions,
@@ -332,6 +359,40 @@ impl Host {
             waits += 1;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// For each partition of this node, the highest term any other replica has seen. Every
+    /// other replica must answer: a vote this node cast before losing its data was for a
+    /// candidate that recorded that term.
+    async fn vote_fences(&self, placement: &Placement) -> Result<Vec<(u32, u64)>> {
+        let mut fences = Vec::new();
+        for partition in placement.partitions_of(self.node_id) {
+            let mut term = 0;
+            for &peer in placement.replicas[partition as usize]
+                .iter()
+                .filter(|&&p| p != self.node_id)
+            {
+                let status = match self.peers.transport(peer) {
+                    Some(mut client) => {
+                        let mut req =
+                            tonic::Request::new(hourglass_proto::internal::LocalStatusRequest {});
+                        req.set_timeout(Duration::from_secs(3));
+                        client.local_status(req).await.ok().map(|r| r.into_inner())
+                    }
+                    None => None,
+                };
+                let seen = status
+                    .and_then(|s| s.partitions.into_iter().find(|p| p.partition == partition))
+                    .ok_or_else(|| {
+                        Error::Rejoin(format!(
+                            "replica {peer} of partition {partition} did not report its term; every other replica must be up"
+                        ))
+                    })?;
+                term = term.max(seen.term);
+            }
+            fences.push((partition, term));
+        }
+        Ok(fences)
     }
 
     /// The lowest-numbered replica of each partition initializes its group once every replica

@@ -18,7 +18,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Unavailable { .. } => Code::Unavailable,
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
-            Error::PeerPartitionMismatch { .. } | Error::WipedNode { .. } => {
+            Error::PeerPartitionMismatch { .. } | Error::WipedNode { .. } | Error::Rejoin(_) => {
                 Code::FailedPrecondition
             }
             Error::Storage(_)

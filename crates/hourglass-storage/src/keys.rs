@@ -152,35 +152,30 @@ pub fn tombstone_key(partition: u32, finished_at_ms: u64, key: &TimerKey) -> Vec
     timed_key(partition, finished_at_ms, key)
 }
 
+/// Decodes `esc(workflow_id) | esc(timer_id)`, which must fill `input` exactly.
+fn decode_ids(input: &[u8]) -> Option<TimerKey> {
+    let (wf, rest) = take_escaped(input)?;
+    let (tid, rest) = take_escaped(rest)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    Some(TimerKey {
+        workflow_id: String::from_utf8(wf).ok()?,
+        timer_id: String::from_utf8(tid).ok()?,
+    })
+}
+
 /// Decodes a `CF_DUE` or `CF_TOMBSTONES` key into `(partition, time, key)`.
 pub fn decode_timed_key(k: &[u8]) -> Option<(u32, u64, TimerKey)> {
     let partition = u32::from_be_bytes(k.get(..4)?.try_into().ok()?);
     let at = u64::from_be_bytes(k.get(4..12)?.try_into().ok()?);
-    let (wf, rest) = take_escaped(&k[12..])?;
-    let (tid, rest) = take_escaped(rest)?;
-    if !rest.is_empty() {
-        return None;
-    }
-    let key = TimerKey {
-        workflow_id: String::from_utf8(wf).ok()?,
-        timer_id: String::from_utf8(tid).ok()?,
-    };
-    Some((partition, at, key))
+    Some((partition, at, decode_ids(&k[12..])?))
 }
 
-/// Decodes a `CF_TIMERS` key into `(partition, key)`.
+/// Decodes a `CF_TIMERS` (or `CF_FIRED`) key into `(partition, key)`.
 pub fn decode_timer_key(k: &[u8]) -> Option<(u32, TimerKey)> {
     let partition = u32::from_be_bytes(k.get(..4)?.try_into().ok()?);
-    let (wf, rest) = take_escaped(&k[4..])?;
-    let (tid, rest) = take_escaped(rest)?;
-    if !rest.is_empty() {
-        return None;
-    }
-    let key = TimerKey {
-        workflow_id: String::from_utf8(wf).ok()?,
-        timer_id: String::from_utf8(tid).ok()?,
-    };
-    Some((partition, key))
+    Some((partition, decode_ids(&k[4..])?))
 }
 
 #[cfg(test)]

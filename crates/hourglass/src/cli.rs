@@ -142,6 +142,11 @@ pub struct ServeArgs {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Recover a node whose data directory was lost: fence its votes at the highest term its
+    /// peers have seen, then catch up from the leaders. Every other replica of its partitions
+    /// must be up. Only for a node that refuses to start because it was wiped.
+    #[arg(long, env = "HOURGLASS_REJOIN")]
+    pub rejoin: bool,
 }
 
 #[derive(Args)]

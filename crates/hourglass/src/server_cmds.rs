@@ -56,6 +56,7 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     if let Some(v) = args.max_payload_bytes {
         config.max_payload_bytes = v;
     }
+    config.rejoin = args.rejoin;
     Ok(config.validate()?)
 }
 
