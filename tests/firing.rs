@@ -340,3 +340,34 @@ async fn ten_thousand_timers_over_thirty_seconds_with_a_leader_killed_midway() {
     assert_none_early(&seen);
     assert_duplicates_are_redeliveries(&seen);
 }
+
+/// G7: within a partition, timers fire (and, to a single worker, arrive) in
+/// `(fire_at, workflow_id, timer_id)` order, whatever order they were scheduled in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitions_timers_fire_in_order() {
+    let c = Cluster::start(options()).await.unwrap();
+    let client = c.client();
+    let base = now_ms() + 2_000;
+    // One workflow, hence one partition; three due instants, ids scheduled out of order.
+    let mut plan: Vec<(u64, String)> = (0..30u64)
+        .map(|i| (base + (i % 3) * 300, format!("t{:02}", 29 - i)))
+        .collect();
+    for (at, id) in &plan {
+        client
+            .schedule(schedule_at("ordered", id, "q", *at, ""))
+            .await
+            .unwrap();
+    }
+    let worker = c.worker("q", &["--credits", "1"]).unwrap();
+    let seen = worker
+        .wait_for(Duration::from_secs(20), |s| s.len() >= 30)
+        .await
+        .unwrap();
+    plan.sort();
+    let expected: Vec<String> = plan.into_iter().map(|(_, id)| id).collect();
+    let got: Vec<String> = seen.iter().map(|s| s.timer_id.clone()).collect();
+    assert_eq!(got, expected);
+    assert!(seen
+        .windows(2)
+        .all(|w| w[0].fired_at_ms <= w[1].fired_at_ms));
+}
