@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use hourglass_client::v1;
-use hourglass_tests::{now_ms, schedule_at, Cluster, Options, Seen};
+use hourglass_tests::{now_ms, schedule_at, Cluster, Options, Seen, WorkerProc};
 use hourglass_types::partition_for;
 
 fn options() -> Options {
@@ -104,13 +104,24 @@ async fn killing_a_leader_while_timers_are_due_loses_none() {
         expected.insert((w, t));
     }
     tokio::time::sleep(Duration::from_millis(3_000)).await;
+    kill_a_leader_and_expect_all(&mut c, &worker, &expected, Duration::from_secs(60)).await;
+}
+
+/// Kills the leader of `wf-0`'s partition, then checks every expected timer arrives, none
+/// early, and duplicates only as redeliveries.
+async fn kill_a_leader_and_expect_all(
+    c: &mut Cluster,
+    worker: &WorkerProc,
+    expected: &BTreeSet<(String, String)>,
+    within: Duration,
+) {
     let victim = c
         .leader_of(partition_for("wf-0", c.partitions))
         .await
         .unwrap();
     c.kill(victim);
     let seen = worker
-        .wait_for(Duration::from_secs(60), |s| keys(s).is_superset(&expected))
+        .wait_for(within, |s| keys(s).is_superset(expected))
         .await
         .unwrap();
     assert_none_early(&seen);
@@ -328,17 +339,7 @@ async fn ten_thousand_timers_over_thirty_seconds_with_a_leader_killed_midway() {
         (base + 15_000).saturating_sub(now_ms()),
     ))
     .await;
-    let victim = c
-        .leader_of(partition_for("wf-0", c.partitions))
-        .await
-        .unwrap();
-    c.kill(victim);
-    let seen = worker
-        .wait_for(Duration::from_secs(90), |s| keys(s).is_superset(&expected))
-        .await
-        .unwrap();
-    assert_none_early(&seen);
-    assert_duplicates_are_redeliveries(&seen);
+    kill_a_leader_and_expect_all(&mut c, &worker, &expected, Duration::from_secs(90)).await;
 }
 
 /// G7: within a partition, timers fire (and, to a single worker, arrive) in
