@@ -104,3 +104,34 @@ fn systemd_unit_and_example_config() {
     }
     assert_valid_config(&repo().join("deploy/systemd/node.toml.example"), &[]);
 }
+
+/// Every metric the Grafana dashboard queries is one the nodes export.
+#[test]
+fn grafana_dashboard_queries_exported_metrics() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana/hourglass.json")).unwrap(),
+    )
+    .unwrap();
+    let metrics =
+        std::fs::read_to_string(repo().join("crates/hourglass-server/src/metrics.rs")).unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("hourglass_"))
+            {
+                let base = name
+                    .trim_start_matches("hourglass_")
+                    .trim_end_matches("_bucket");
+                assert!(
+                    metrics.contains(&format!("\"{base}\"")),
+                    "{name} is not defined in metrics.rs"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10);
+}
