@@ -13,6 +13,7 @@ for extra in "$@"; do
   case "$extra" in
     iptables) command -v iptables >/dev/null 2>&1 || missing+=(iptables) ;;
     faketime) command -v faketime >/dev/null 2>&1 || missing+=(faketime) ;;
+    iproute2) command -v ip >/dev/null 2>&1 || missing+=(iproute2) ;;
     curl) command -v curl >/dev/null 2>&1 || missing+=(curl) ;;
   esac
 done

@@ -33,6 +33,11 @@ impl Cluster {
         partitions: u32,
         env: Vec<(String, String)>,
     ) -> Result<Self> {
+        if !Path::new(LIBFAKETIME).exists() {
+            anyhow::bail!(
+                "{LIBFAKETIME} is missing: install faketime (deploy/install-deps.sh faketime)"
+            );
+        }
         let peers: Vec<String> = (1..=count)
             .map(|i| format!("\"{i}={}:7001\"", net::node_addr(i)))
             .collect();
