@@ -44,6 +44,8 @@ pub struct Host {
     groups: OnceLock<HashMap<u32, GroupSlot>>,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
+    /// The node's log writer, shared by every group.
+    pub syncer: OnceLock<LogSyncer>,
     stopping: AtomicBool,
 }
 
@@ -60,6 +62,7 @@ impl Host {
             dispatcher: Arc::new(Dispatcher::new(config.ack_timeout(), Arc::clone(&metrics))),
             metrics,
             stopping: AtomicBool::new(false),
+            syncer: OnceLock::new(),
             config,
         };
         if let Some(meta) = host.store.cluster_meta()? {
@@ -169,6 +172,7 @@ impl Host {
             );
         }
         let syncer = LogSyncer::start(&self.store);
+        let _ = self.syncer.set(syncer.clone());
         let mut groups = HashMap::new();
         for partition in meta.placement.partitions_of(self.node_id) {
             let network = GroupNetworkFactory {

@@ -22,6 +22,11 @@ async fn metrics(
     State(host): State<Arc<Host>>,
 ) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
     let m = &host.metrics;
+    if let Some(syncer) = host.syncer.get() {
+        let (fsyncs, appends) = syncer.stats();
+        m.wal_fsyncs.set(fsyncs as i64);
+        m.wal_appends.set(appends as i64);
+    }
     for (partition, group) in host.groups() {
         let label = partition.to_string();
         if let Ok(state) = host.store.partition_state(partition) {

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub raft_snapshots: IntCounter,
     pub grpc_requests: IntCounterVec,
     pub workers_connected: IntGauge,
+    pub wal_fsyncs: IntGauge,
+    pub wal_appends: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -31,6 +33,13 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -69,13 +78,6 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(grpc_requests.clone()))
-            .expect("metric registered once");
-        let workers_connected = IntGauge::new(
-            "workers_connected",
-            "Worker streams connected to this node.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(workers_connected.clone()))
             .expect("metric registered once");
         Metrics {
             timers_scheduled: counter(
@@ -144,8 +146,14 @@ impl Metrics {
                 "raft_snapshots_total",
                 "Snapshots built or installed by this node's groups.",
             ),
+            wal_fsyncs: gauge(r, "wal_fsyncs", "WAL fsyncs since the node started."),
+            wal_appends: gauge(
+                r,
+                "wal_appends",
+                "Raft log appends made durable since the node started; divided by wal_fsyncs, appends per fsync.",
+            ),
             grpc_requests,
-            workers_connected,
+            workers_connected: gauge(r, "workers_connected", "Worker streams connected to this node."),
             registry,
         }
     }

@@ -1,3 +1,4 @@
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -13,6 +14,16 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct LogSyncer {
     tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+    stats: Arc<SyncStats>,
+}
+
+/// Counts of the syncer's work since it started.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// WAL fsyncs.
+    pub syncs: AtomicU64,
+    /// Appends made durable by them.
+    pub appends: AtomicU64,
 }
 
 impl LogSyncer {
@@ -20,11 +31,21 @@ impl LogSyncer {
     pub fn start(store: &Store) -> Self {
         let (tx, rx) = mpsc::channel();
         let db = Arc::clone(&store.db);
+        let stats = Arc::new(SyncStats::default());
+        let counts = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("log-syncer".into())
-            .spawn(move || run(db, rx))
+            .spawn(move || run(db, rx, &counts))
             .expect("spawning the log syncer thread");
-        LogSyncer { tx }
+        LogSyncer { tx, stats }
+    }
+
+    /// `(fsyncs, appends)` so far: their ratio is how many appends one fsync covered.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.stats.syncs.load(Ordering::Relaxed),
+            self.stats.appends.load(Ordering::Relaxed),
+        )
     }
 
     /// Queues `callback` to be completed after the next WAL sync.
@@ -35,7 +56,7 @@ impl LogSyncer {
     }
 }
 
-fn run(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn run(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, stats: &SyncStats) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
@@ -44,6 +65,10 @@ fn run(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
             tracing::error!(error = %e, "wal sync failed");
         }
         tracing::trace!(appends = waiting.len(), "wal synced");
+        stats.syncs.fetch_add(1, Ordering::Relaxed);
+        stats
+            .appends
+            .fetch_add(waiting.len() as u64, Ordering::Relaxed);
         for callback in waiting {
             callback.log_io_completed(
                 result

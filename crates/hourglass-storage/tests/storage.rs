@@ -458,3 +458,42 @@ async fn tombstones_expire_after_retention_and_free_the_name() {
         CommandResponse::Scheduled { created: true, .. }
     ));
 }
+
+/// One WAL fsync makes the appends of many groups durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_fsync_covers_appends_of_many_groups() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let syncer = LogSyncer::start(&store);
+    let mut tasks = Vec::new();
+    for partition in 0..16u32 {
+        let mut log = store.log_store(partition, syncer.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 1..=20u64 {
+                let e = entry(
+                    i,
+                    Command::Cancel {
+                        key: key("w", "t"),
+                        received_at_ms: i,
+                    },
+                );
+                openraft::storage::RaftLogStorageExt::blocking_append(&mut log, [e])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (syncs, appends) = syncer.stats();
+    assert_eq!(appends, 16 * 20);
+    // Sixteen groups appending at once share fsyncs; one each would be 320.
+    assert!(syncs < appends / 2, "{syncs} fsyncs for {appends} appends");
+    // Each group's entries are all there after the flush notifications.
+    let mut log = store.log_store(7, syncer.clone());
+    let entries = openraft::RaftLogReader::try_get_log_entries(&mut log, 0..100)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 20);
+}
