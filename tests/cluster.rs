@@ -378,3 +378,45 @@ async fn a_node_refuses_data_made_with_another_partition_count() {
         c.stderr(3)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_batch_answers_each_timer_in_order() {
+    let c = cluster().await;
+    let client = c.client_of(&[3]);
+    client
+        .schedule(schedule_in("b-0", "existing", HOUR, "x"))
+        .await
+        .unwrap();
+    let mut batch: Vec<v1::ScheduleRequest> = (0..300)
+        .map(|i| schedule_in(&format!("b-{}", i % 40), &format!("t{i}"), HOUR, ""))
+        .collect();
+    batch.push(schedule_in("b-0", "existing", HOUR, "x")); // identical repeat
+    batch.push(schedule_in("b-0", "existing", HOUR, "different")); // conflicting
+    batch.push(schedule_in("", "t", HOUR, "")); // invalid
+    batch.push(schedule_in("b-1", "t1", HOUR, "")); // repeat of an item of this batch
+    let results = client.schedule_batch(batch).await.unwrap();
+    assert_eq!(results.len(), 304);
+    assert!(results[..300]
+        .iter()
+        .all(|r| r.as_ref().is_ok_and(|s| s.created)));
+    assert!(results[300].as_ref().is_ok_and(|s| !s.created));
+    assert_eq!(
+        results[301].as_ref().unwrap_err().code(),
+        Some(Code::AlreadyExists)
+    );
+    let invalid = results[302].as_ref().unwrap_err();
+    assert_eq!(invalid.code(), Some(Code::InvalidArgument));
+    assert!(invalid.to_string().contains("workflow_id"));
+    assert!(results[303].as_ref().is_ok_and(|s| !s.created));
+    // Everything is readable elsewhere and counted once.
+    assert_eq!(c.client_of(&[1]).list("b-7").await.unwrap().len(), 8);
+    let pending: u64 = c
+        .status()
+        .await
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.timers_pending)
+        .sum();
+    assert_eq!(pending, 301);
+}

@@ -192,6 +192,59 @@ impl Client {
         .await
     }
 
+    /// Schedules many timers in one call (at most 1000), returning each one's outcome in
+    /// order. Timers whose partition answered UNAVAILABLE or DEADLINE_EXCEEDED are sent again
+    /// until the retry budget runs out; the others are final.
+    pub async fn schedule_batch(
+        &self,
+        timers: Vec<v1::ScheduleRequest>,
+    ) -> Result<Vec<Result<v1::ScheduleResponse>>> {
+        let deadline = tokio::time::Instant::now() + self.retry.budget;
+        let mut outcomes: Vec<Option<Result<v1::ScheduleResponse>>> =
+            timers.iter().map(|_| None).collect();
+        let mut todo: Vec<usize> = (0..timers.len()).collect();
+        let mut backoff = Duration::from_millis(50);
+        while !todo.is_empty() {
+            let request = v1::ScheduleBatchRequest {
+                timers: todo.iter().map(|&i| timers[i].clone()).collect(),
+            };
+            let response = self
+                .call(|c| {
+                    let r = request.clone();
+                    async move { TimersClient::new(c).schedule_batch(r).await }
+                })
+                .await?;
+            let mut again = Vec::new();
+            for (&i, result) in todo.iter().zip(response.results) {
+                outcomes[i] = Some(match result.result {
+                    Some(v1::schedule_batch_result::Result::Scheduled(r)) => Ok(r),
+                    Some(v1::schedule_batch_result::Result::Error(e)) => {
+                        let code = Code::from(e.code);
+                        if matches!(code, Code::Unavailable | Code::DeadlineExceeded)
+                            && tokio::time::Instant::now() + backoff < deadline
+                        {
+                            again.push(i);
+                        }
+                        Err(Status::new(code, e.message).into())
+                    }
+                    None => Err(Status::internal(
+                        "server answered a batch item without an outcome",
+                    )
+                    .into()),
+                });
+            }
+            if !again.is_empty() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            todo = again;
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(Status::internal("no outcome").into())))
+            .collect())
+    }
+
     pub async fn cancel(&self, workflow_id: &str, timer_id: &str) -> Result<v1::CancelResponse> {
         let request = v1::CancelRequest {
             workflow_id: workflow_id.to_owned(),

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use hourglass_proto::v1;
 use hourglass_proto::v1::timers_client::TimersClient;
 use hourglass_proto::v1::timers_server::Timers;
-use hourglass_types::{partition_for, Command, CommandResponse, Limits};
+use std::collections::BTreeMap;
+
+use hourglass_types::{partition_for, Command, CommandResponse, Limits, TimerDefinition, TimerKey};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -14,6 +16,7 @@ use crate::routing::{Router, Target, HOPS};
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1000;
+const MAX_BATCH: usize = 1000;
 
 pub struct TimersService {
     router: Router,
@@ -52,6 +55,165 @@ impl TimersService {
             self.router.host.config.request_timeout() + std::time::Duration::from_secs(1),
         );
         req
+    }
+}
+
+impl TimersService {
+    /// The answer to one applied schedule, as Schedule returns it.
+    fn schedule_outcome(
+        &self,
+        outcome: CommandResponse,
+        partition: u32,
+    ) -> Result<v1::ScheduleResponse, Status> {
+        match outcome {
+            CommandResponse::Scheduled { timer, created } => {
+                if created {
+                    self.router.host.metrics.timers_scheduled.inc();
+                }
+                Ok(v1::ScheduleResponse {
+                    timer: Some(convert::timer(timer, partition)),
+                    created,
+                })
+            }
+            CommandResponse::AlreadyExists { existing } => Err(Error::AlreadyExists(format!(
+                "timer {:?}/{:?} already exists with a different definition (queue {:?}, fire_at {} ms); \
+                 schedule under another timer_id",
+                existing.key.workflow_id, existing.key.timer_id, existing.definition.queue, existing.fire_at_ms
+            ))
+            .into()),
+            other => Err(Status::internal(format!("unexpected schedule outcome {other:?}"))),
+        }
+    }
+
+    /// Schedules the valid items of one partition: on this node when it leads, else through
+    /// the leader (or a replica).
+    async fn schedule_partition(
+        &self,
+        partition: u32,
+        items: Vec<(usize, v1::ScheduleRequest, TimerKey, TimerDefinition)>,
+        hops: u32,
+        received_at_ms: u64,
+    ) -> Vec<(usize, v1::ScheduleBatchResult)> {
+        let fail_all = |items: &[(usize, v1::ScheduleRequest, TimerKey, TimerDefinition)],
+                        status: Status| {
+            items
+                .iter()
+                .map(|(i, ..)| (*i, batch_error(&status)))
+                .collect::<Vec<_>>()
+        };
+        let target = match self.router.target(partition, hops) {
+            Ok(t) => t,
+            Err(e) => return fail_all(&items, e.into()),
+        };
+        match target {
+            Target::Remote(node) => {
+                let request = v1::ScheduleBatchRequest {
+                    timers: items.iter().map(|(_, r, ..)| r.clone()).collect(),
+                };
+                let answer = match self.client(node) {
+                    Ok(mut client) => client.schedule_batch(self.forwarded(request, hops)).await,
+                    Err(status) => Err(status),
+                };
+                match answer {
+                    Ok(response) => items
+                        .iter()
+                        .map(|(i, ..)| *i)
+                        .zip(response.into_inner().results)
+                        .collect(),
+                    Err(status) => fail_all(&items, status),
+                }
+            }
+            Target::Local(group) => {
+                let command = Command::ScheduleMany {
+                    timers: items
+                        .iter()
+                        .map(|(_, _, k, d)| (k.clone(), d.clone()))
+                        .collect(),
+                    received_at_ms,
+                };
+                match self.router.commit(partition, group, command).await {
+                    Ok(CommandResponse::Many(outcomes)) => items
+                        .iter()
+                        .zip(outcomes)
+                        .map(|((i, ..), outcome)| {
+                            let result = match self.schedule_outcome(outcome, partition) {
+                                Ok(r) => v1::schedule_batch_result::Result::Scheduled(r),
+                                Err(status) => return (*i, batch_error(&status)),
+                            };
+                            (
+                                *i,
+                                v1::ScheduleBatchResult {
+                                    result: Some(result),
+                                },
+                            )
+                        })
+                        .collect(),
+                    Ok(other) => fail_all(
+                        &items,
+                        Status::internal(format!("unexpected batch outcome {other:?}")),
+                    ),
+                    Err(e) => fail_all(&items, e.into()),
+                }
+            }
+        }
+    }
+
+    async fn do_schedule_batch(
+        &self,
+        request: Request<v1::ScheduleBatchRequest>,
+    ) -> Result<Response<v1::ScheduleBatchResponse>, Status> {
+        let hops = hops(&request);
+        let timers = request.into_inner().timers;
+        if timers.len() > MAX_BATCH {
+            return Err(Error::from(hourglass_types::Error::invalid(
+                "timers",
+                format!("has {} items, at most {MAX_BATCH} allowed", timers.len()),
+            ))
+            .into());
+        }
+        let now = convert::now_ms();
+        let mut results: Vec<Option<v1::ScheduleBatchResult>> = vec![None; timers.len()];
+        let mut by_partition: BTreeMap<u32, Vec<_>> = BTreeMap::new();
+        for (i, item) in timers.into_iter().enumerate() {
+            match convert::schedule_command(item.clone(), &self.limits, now) {
+                Ok(Command::Schedule {
+                    key, definition, ..
+                }) => by_partition
+                    .entry(self.partition(&key.workflow_id))
+                    .or_default()
+                    .push((i, item, key, definition)),
+                Ok(other) => {
+                    results[i] = Some(batch_error(&Status::internal(format!(
+                        "unexpected command {other}"
+                    ))))
+                }
+                Err(e) => results[i] = Some(batch_error(&Error::from(e).into())),
+            }
+        }
+        let done = futures::future::join_all(
+            by_partition
+                .into_iter()
+                .map(|(partition, items)| self.schedule_partition(partition, items, hops, now)),
+        )
+        .await;
+        for (i, result) in done.into_iter().flatten() {
+            results[i] = Some(result);
+        }
+        Ok(Response::new(v1::ScheduleBatchResponse {
+            results: results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| batch_error(&Status::internal("no outcome"))))
+                .collect(),
+        }))
+    }
+}
+
+fn batch_error(status: &Status) -> v1::ScheduleBatchResult {
+    v1::ScheduleBatchResult {
+        result: Some(v1::schedule_batch_result::Result::Error(v1::BatchError {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        })),
     }
 }
 
@@ -100,6 +262,15 @@ impl Timers for TimersService {
         self.router.host.metrics.request("List", &result);
         result
     }
+
+    async fn schedule_batch(
+        &self,
+        request: Request<v1::ScheduleBatchRequest>,
+    ) -> Result<Response<v1::ScheduleBatchResponse>, Status> {
+        let result = self.do_schedule_batch(request).await;
+        self.router.host.metrics.request("ScheduleBatch", &result);
+        result
+    }
 }
 
 impl TimersService {
@@ -115,25 +286,15 @@ impl TimersService {
         let command = convert::schedule_command(message.clone(), &self.limits, convert::now_ms())
             .map_err(Error::from)?;
         match self.router.target(partition, hops)? {
-            Target::Remote(node) => self.client(node)?.schedule(self.forwarded(message, hops)).await,
-            Target::Local(group) => match self.router.commit(partition, group, command).await? {
-                CommandResponse::Scheduled { timer, created } => {
-                    if created {
-                        self.router.host.metrics.timers_scheduled.inc();
-                    }
-                    Ok(Response::new(v1::ScheduleResponse {
-                        timer: Some(convert::timer(timer, partition)),
-                        created,
-                    }))
-                }
-                CommandResponse::AlreadyExists { existing } => Err(Error::AlreadyExists(format!(
-                    "timer {:?}/{:?} already exists with a different definition (queue {:?}, fire_at {} ms); \
-                     schedule under another timer_id",
-                    existing.key.workflow_id, existing.key.timer_id, existing.definition.queue, existing.fire_at_ms
-                ))
-                .into()),
-                other => Err(Status::internal(format!("unexpected schedule outcome {other:?}"))),
-            },
+            Target::Remote(node) => {
+                self.client(node)?
+                    .schedule(self.forwarded(message, hops))
+                    .await
+            }
+            Target::Local(group) => {
+                let outcome = self.router.commit(partition, group, command).await?;
+                self.schedule_outcome(outcome, partition).map(Response::new)
+            }
         }
     }
 

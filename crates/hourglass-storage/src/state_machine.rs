@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -108,45 +109,41 @@ impl StateMachine {
                 definition,
                 received_at_ms,
             } => {
-                if let Some(existing) = self.store.get_timer(p, &key)? {
-                    return Ok(if existing.definition == definition {
-                        CommandResponse::Scheduled {
-                            timer: existing,
-                            created: false,
-                        }
-                    } else {
-                        CommandResponse::AlreadyExists { existing }
-                    });
-                }
-                let record = TimerRecord {
-                    fire_at_ms: definition.resolve_fire_at(received_at_ms),
+                let mut pending = 0;
+                let response = self.schedule_one(
+                    batch,
+                    events,
+                    &mut HashMap::new(),
+                    &mut pending,
                     key,
                     definition,
-                    state: TimerState::Scheduled,
-                    created_at_ms: received_at_ms,
-                    fired_at_ms: None,
-                    finished_at_ms: None,
-                    attempt: 0,
-                };
-                batch.put_cf(
-                    timers_cf,
-                    keys::timer_key(p, &record.key),
-                    codec::encode_timer(&record),
-                );
-                batch.put_cf(
-                    self.store.cf(keys::CF_DUE),
-                    keys::due_key(p, record.fire_at_ms, &record.key),
-                    [],
-                );
-                self.add_pending(batch, 1)?;
-                events.push(TimerEvent::Scheduled {
-                    key: record.key.clone(),
-                    fire_at_ms: record.fire_at_ms,
-                });
-                Ok(CommandResponse::Scheduled {
-                    timer: record,
-                    created: true,
-                })
+                    received_at_ms,
+                )?;
+                self.add_pending(batch, pending)?;
+                Ok(response)
+            }
+            Command::ScheduleMany {
+                timers,
+                received_at_ms,
+            } => {
+                // Later items see earlier ones of the same command, which are not yet in
+                // RocksDB: a repeat inside one batch behaves like a repeat across batches.
+                let mut created = HashMap::new();
+                let mut pending = 0;
+                let mut responses = Vec::with_capacity(timers.len());
+                for (key, definition) in timers {
+                    responses.push(self.schedule_one(
+                        batch,
+                        events,
+                        &mut created,
+                        &mut pending,
+                        key,
+                        definition,
+                        received_at_ms,
+                    )?);
+                }
+                self.add_pending(batch, pending)?;
+                Ok(CommandResponse::Many(responses))
             }
             Command::Cancel {
                 key,
@@ -279,6 +276,65 @@ impl StateMachine {
                 Ok(CommandResponse::Expired { count })
             }
         }
+    }
+
+    /// Applies one schedule; `created` holds the timers created earlier in the same command.
+    #[allow(clippy::too_many_arguments)]
+    fn schedule_one(
+        &self,
+        batch: &mut WriteBatch,
+        events: &mut Vec<TimerEvent>,
+        created: &mut HashMap<TimerKey, TimerRecord>,
+        pending: &mut i64,
+        key: TimerKey,
+        definition: hourglass_types::TimerDefinition,
+        received_at_ms: u64,
+    ) -> Result<CommandResponse> {
+        let p = self.partition;
+        let existing = match created.get(&key) {
+            Some(r) => Some(r.clone()),
+            None => self.store.get_timer(p, &key)?,
+        };
+        if let Some(existing) = existing {
+            return Ok(if existing.definition == definition {
+                CommandResponse::Scheduled {
+                    timer: existing,
+                    created: false,
+                }
+            } else {
+                CommandResponse::AlreadyExists { existing }
+            });
+        }
+        let record = TimerRecord {
+            fire_at_ms: definition.resolve_fire_at(received_at_ms),
+            key,
+            definition,
+            state: TimerState::Scheduled,
+            created_at_ms: received_at_ms,
+            fired_at_ms: None,
+            finished_at_ms: None,
+            attempt: 0,
+        };
+        batch.put_cf(
+            self.store.cf(keys::CF_TIMERS),
+            keys::timer_key(p, &record.key),
+            codec::encode_timer(&record),
+        );
+        batch.put_cf(
+            self.store.cf(keys::CF_DUE),
+            keys::due_key(p, record.fire_at_ms, &record.key),
+            [],
+        );
+        *pending += 1;
+        events.push(TimerEvent::Scheduled {
+            key: record.key.clone(),
+            fire_at_ms: record.fire_at_ms,
+        });
+        created.insert(record.key.clone(), record.clone());
+        Ok(CommandResponse::Scheduled {
+            timer: record,
+            created: true,
+        })
     }
 
     fn add_pending(&self, batch: &mut WriteBatch, delta: i64) -> Result<()> {

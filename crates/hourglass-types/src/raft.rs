@@ -31,6 +31,12 @@ pub enum Command {
         key: TimerKey,
         received_at_ms: u64,
     },
+    /// Many schedules of one partition in one entry, answered by `CommandResponse::Many` in
+    /// the same order.
+    ScheduleMany {
+        timers: Vec<(TimerKey, TimerDefinition)>,
+        received_at_ms: u64,
+    },
     /// Proposed by the partition leader's timer engine: each listed timer that is still
     /// SCHEDULED and due by `fired_at_ms` becomes FIRED; anything else is left alone, which
     /// also fences a deposed leader's late proposal and a cancel that won the race.
@@ -58,6 +64,7 @@ impl std::fmt::Display for Command {
                 write!(f, "schedule {}/{}", key.workflow_id, key.timer_id)
             }
             Command::Cancel { key, .. } => write!(f, "cancel {}/{}", key.workflow_id, key.timer_id),
+            Command::ScheduleMany { timers, .. } => write!(f, "schedule {} timers", timers.len()),
             Command::Fire { timers, .. } => write!(f, "fire {} timers", timers.len()),
             Command::Complete { timers, .. } => write!(f, "complete {} timers", timers.len()),
             Command::Expire { timers, .. } => write!(f, "expire {} tombstones", timers.len()),
@@ -98,6 +105,8 @@ pub enum CommandResponse {
     Expired {
         count: u64,
     },
+    /// One response per item of a `ScheduleMany`.
+    Many(Vec<CommandResponse>),
     /// Responses of membership and blank entries.
     None,
 }

@@ -50,20 +50,30 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Schedules `count` timers with `concurrency` requests in flight; `at(i)` gives each due time.
+/// How the load generator schedules.
+#[derive(Clone, Copy)]
+struct Load {
+    /// Requests in flight.
+    concurrency: u64,
+    /// Timers per request: 1 uses `Schedule`, more use `ScheduleBatch`.
+    batch: u64,
+}
+
+/// Schedules `count` timers; `at(i)` gives each due time.
 async fn schedule_many(
     client: &Arc<Client>,
     run: &str,
     queue: &str,
     count: u64,
-    concurrency: u64,
+    load: Load,
     at: impl Fn(u64) -> u64 + Send + Sync + 'static,
 ) -> Result<Duration, Failure> {
     let next = Arc::new(AtomicU64::new(0));
     let at = Arc::new(at);
     let started = Instant::now();
+    let batch = load.batch.clamp(1, 1000);
     let mut tasks = Vec::new();
-    for _ in 0..concurrency.max(1) {
+    for _ in 0..load.concurrency.max(1) {
         let (client, next, at, run, queue) = (
             Arc::clone(client),
             Arc::clone(&next),
@@ -73,20 +83,34 @@ async fn schedule_many(
         );
         tasks.push(tokio::spawn(async move {
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                if first >= count {
                     return Ok::<(), hourglass_client::Error>(());
                 }
-                client
-                    .schedule(request(
-                        format!("{run}-w{}", i % 10_000),
-                        format!("t{i}"),
-                        &queue,
-                        at(i),
-                    ))
-                    .await?;
-                if i > 0 && i % 100_000 == 0 {
-                    eprintln!("bench: scheduled {i} of {count}");
+                let requests: Vec<_> = (first..(first + batch).min(count))
+                    .map(|i| {
+                        request(
+                            format!("{run}-w{}", i % 10_000),
+                            format!("t{i}"),
+                            &queue,
+                            at(i),
+                        )
+                    })
+                    .collect();
+                if requests.len() == 1 {
+                    client
+                        .schedule(requests.into_iter().next().expect("one request"))
+                        .await?;
+                } else {
+                    for outcome in client.schedule_batch(requests).await? {
+                        outcome?;
+                    }
+                }
+                if first / 100_000 != (first + batch) / 100_000 && first > 0 {
+                    eprintln!(
+                        "bench: scheduled {} of {count}",
+                        (first + batch) / 100_000 * 100_000
+                    );
                 }
             }
         }));
@@ -175,7 +199,12 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             });
             report(global, &result);
         }
-        BenchCommand::Burst { count, concurrency } => {
+        BenchCommand::Burst {
+            count,
+            concurrency,
+            batch,
+        } => {
+            let load = Load { concurrency, batch };
             let queue = run.clone();
             // Schedule everything for an instant far enough out, then watch it all fall due.
             let probe = Instant::now();
@@ -184,7 +213,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                 &format!("{run}-probe"),
                 &queue,
                 1_000.min(count),
-                concurrency,
+                load,
                 |_| now_ms() + 3_600_000,
             )
             .await?;
@@ -195,8 +224,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                 "bench: scheduling {count} timers all due in {} s",
                 lead_ms / 1000
             );
-            let took =
-                schedule_many(&client, &run, &queue, count, concurrency, move |_| due).await?;
+            let took = schedule_many(&client, &run, &queue, count, load, move |_| due).await?;
             let mut worker = Worker::start(
                 Arc::clone(&client),
                 WorkerOptions {
@@ -229,11 +257,16 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             });
             report(global, &result);
         }
-        BenchCommand::Fill { count, concurrency } => {
+        BenchCommand::Fill {
+            count,
+            concurrency,
+            batch,
+        } => {
+            let load = Load { concurrency, batch };
             let year = 365 * 24 * 3600 * 1000u64;
             let base = now_ms() + year;
             let before = client.cluster_status().await?;
-            let took = schedule_many(&client, &run, "far", count, concurrency, move |i| {
+            let took = schedule_many(&client, &run, "far", count, load, move |i| {
                 base + (i % 1_000_000) * 1_000
             })
             .await?;

@@ -74,6 +74,9 @@ pub enum BenchCommand {
         /// Concurrent schedule requests.
         #[arg(long, default_value_t = 64)]
         concurrency: u64,
+        /// Timers per request (1: Schedule; more: ScheduleBatch, at most 1000).
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
     },
     /// Far-future timers (a year out): scheduling throughput, then each node's memory.
     Fill {
@@ -81,6 +84,9 @@ pub enum BenchCommand {
         count: u64,
         #[arg(long, default_value_t = 64)]
         concurrency: u64,
+        /// Timers per request (1: Schedule; more: ScheduleBatch, at most 1000).
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
     },
 }
 
