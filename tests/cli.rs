@@ -40,7 +40,7 @@ fn dev_cluster_and_cli_round_trip() {
         ])
         .arg(data.path())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(data.path().join("dev.log")).unwrap())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
@@ -182,7 +182,12 @@ fn dev_cluster_and_cli_round_trip() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = dev.try_wait().unwrap() {
-            assert!(status.success());
+            let log = std::fs::read_to_string(data.path().join("dev.log")).unwrap_or_default();
+            let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+            assert!(
+                status.success(),
+                "dev exited with {status}; last log lines (newest first):\n{tail}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "dev did not stop");

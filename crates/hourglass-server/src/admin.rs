@@ -46,8 +46,10 @@ impl AdminService {
         let reports = futures::future::join_all(ids.iter().map(|&id| self.local_status(id))).await;
 
         let mut nodes = Vec::new();
-        // Per partition, the view of the replica with the highest term wins.
-        let mut best: BTreeMap<u32, hourglass_proto::internal::LocalPartition> = BTreeMap::new();
+        // Per partition, the view of the replica with the highest term wins, and within a term
+        // the leader's own view (only it knows its engine's figures).
+        let mut best: BTreeMap<u32, (hourglass_proto::internal::LocalPartition, bool)> =
+            BTreeMap::new();
         for (peer, report) in host.config.peers.iter().zip(&reports) {
             nodes.push(v1::NodeInfo {
                 node_id: peer.id,
@@ -60,15 +62,15 @@ impl AdminService {
                 rss_bytes: report.as_ref().map(|r| r.rss_bytes).unwrap_or(0),
             });
             for p in report.iter().flat_map(|r| &r.partitions) {
+                let own = p.leader == peer.id;
                 let replace = match best.get(&p.partition) {
                     None => true,
-                    Some(b) => {
-                        (p.term, p.leader == peer.id, p.applied_index)
-                            > (b.term, b.leader == peer.id, b.applied_index)
+                    Some((b, b_own)) => {
+                        (p.term, own, p.applied_index) > (b.term, *b_own, b.applied_index)
                     }
                 };
                 if replace {
-                    best.insert(p.partition, *p);
+                    best.insert(p.partition, (*p, own));
                 }
             }
         }
@@ -77,7 +79,7 @@ impl AdminService {
             .iter()
             .enumerate()
             .map(|(i, replicas)| {
-                let seen = best.get(&(i as u32));
+                let seen = best.get(&(i as u32)).map(|(p, _)| p);
                 v1::PartitionStatus {
                     partition: i as u32,
                     replicas: replicas.clone(),

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hourglass_proto::internal::HelloRequest;
-use hourglass_storage::{ClusterMeta, LogSyncer, Store, TimerEvents};
+use hourglass_storage::{ClusterMeta, LogSyncer, Store, SyncStats, TimerEvents};
 use hourglass_types::{NodeId, Placement, TypeConfig};
 use openraft::{BasicNode, Raft};
 use tracing::{info, warn, Instrument};
@@ -44,8 +44,9 @@ pub struct Host {
     groups: OnceLock<HashMap<u32, GroupSlot>>,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
-    /// The node's log writer, shared by every group.
-    pub syncer: OnceLock<LogSyncer>,
+    /// Counters of the node's log writer. Only the groups hold the writer itself, so that it
+    /// (and the database it uses) ends when they shut down.
+    pub syncer_stats: OnceLock<Arc<SyncStats>>,
     stopping: AtomicBool,
 }
 
@@ -62,7 +63,7 @@ impl Host {
             dispatcher: Arc::new(Dispatcher::new(config.ack_timeout(), Arc::clone(&metrics))),
             metrics,
             stopping: AtomicBool::new(false),
-            syncer: OnceLock::new(),
+            syncer_stats: OnceLock::new(),
             config,
         };
         if let Some(meta) = host.store.cluster_meta()? {
@@ -172,7 +173,7 @@ impl Host {
             );
         }
         let syncer = LogSyncer::start(&self.store);
-        let _ = self.syncer.set(syncer.clone());
+        let _ = self.syncer_stats.set(syncer.stats());
         let mut groups = HashMap::new();
         for partition in meta.placement.partitions_of(self.node_id) {
             let network = GroupNetworkFactory {
@@ -399,9 +400,10 @@ impl Host {
         Ok(fences)
     }
 
-    /// The lowest-numbered replica of each partition initializes its group once every replica
-    /// has recorded its identity. Initializing an already initialized group is refused by
-    /// openraft, which makes this safe to repeat on every start.
+    /// The first replica of each partition (in ring order, so spread over the nodes) initializes
+    /// its group once every replica has recorded its identity; the initializer becomes the
+    /// first leader, so leadership starts out spread too. Initializing an already initialized
+    /// group is refused by openraft, which makes this safe to repeat on every start.
     async fn bootstrap(self: Arc<Self>) {
         let meta = self.meta.get().expect("bootstrap runs after start");
         let mine: Vec<(u32, Vec<NodeId>)> = meta
@@ -409,7 +411,7 @@ impl Host {
             .replicas
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.iter().min() == Some(&self.node_id))
+            .filter(|(_, r)| r.first() == Some(&self.node_id))
             .map(|(p, r)| (p as u32, r.clone()))
             .collect();
         if mine.is_empty() {

@@ -22,8 +22,8 @@ async fn metrics(
     State(host): State<Arc<Host>>,
 ) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
     let m = &host.metrics;
-    if let Some(syncer) = host.syncer.get() {
-        let (fsyncs, appends) = syncer.stats();
+    if let Some(stats) = host.syncer_stats.get() {
+        let (fsyncs, appends) = stats.get();
         m.wal_fsyncs.set(fsyncs as i64);
         m.wal_appends.set(appends as i64);
     }

@@ -19,4 +19,4 @@ pub use error::{Error, Result};
 pub use log_store::LogStore;
 pub use state_machine::{StateMachine, TimerEvent, TimerEvents};
 pub use store::{ClusterMeta, DueEntry, PartitionState, Store};
-pub use syncer::LogSyncer;
+pub use syncer::{LogSyncer, SyncStats};

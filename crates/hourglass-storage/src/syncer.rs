@@ -20,10 +20,18 @@ pub struct LogSyncer {
 /// Counts of the syncer's work since it started.
 #[derive(Debug, Default)]
 pub struct SyncStats {
-    /// WAL fsyncs.
-    pub syncs: AtomicU64,
-    /// Appends made durable by them.
-    pub appends: AtomicU64,
+    syncs: AtomicU64,
+    appends: AtomicU64,
+}
+
+impl SyncStats {
+    /// `(fsyncs, appends)` so far: their ratio is how many appends one fsync covered.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.syncs.load(Ordering::Relaxed),
+            self.appends.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl LogSyncer {
@@ -40,12 +48,9 @@ impl LogSyncer {
         LogSyncer { tx, stats }
     }
 
-    /// `(fsyncs, appends)` so far: their ratio is how many appends one fsync covered.
-    pub fn stats(&self) -> (u64, u64) {
-        (
-            self.stats.syncs.load(Ordering::Relaxed),
-            self.stats.appends.load(Ordering::Relaxed),
-        )
+    /// The syncer's counters, readable without keeping the syncer (and its database) alive.
+    pub fn stats(&self) -> Arc<SyncStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Queues `callback` to be completed after the next WAL sync.
