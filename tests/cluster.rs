@@ -10,6 +10,17 @@ use tonic::Code;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// Timers in SCHEDULED state over every partition, as the cluster reports them.
+async fn pending_timers(c: &Cluster) -> u64 {
+    c.status()
+        .await
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.timers_pending)
+        .sum()
+}
+
 async fn cluster() -> Cluster {
     Cluster::start(Options::default())
         .await
@@ -240,14 +251,7 @@ async fn many_timers_survive_a_full_restart() {
         found += client.list(&format!("w{w}")).await.unwrap().len();
     }
     assert_eq!(found, 200);
-    let pending: u64 = c
-        .status()
-        .await
-        .unwrap()
-        .partitions
-        .iter()
-        .map(|p| p.timers_pending)
-        .sum();
+    let pending = pending_timers(&c).await;
     assert_eq!(pending, 200);
 }
 
@@ -410,13 +414,6 @@ async fn schedule_batch_answers_each_timer_in_order() {
     assert!(results[303].as_ref().is_ok_and(|s| !s.created));
     // Everything is readable elsewhere and counted once.
     assert_eq!(c.client_of(&[1]).list("b-7").await.unwrap().len(), 8);
-    let pending: u64 = c
-        .status()
-        .await
-        .unwrap()
-        .partitions
-        .iter()
-        .map(|p| p.timers_pending)
-        .sum();
+    let pending = pending_timers(&c).await;
     assert_eq!(pending, 301);
 }
