@@ -135,3 +135,80 @@ fn grafana_dashboard_queries_exported_metrics() {
     }
     assert!(checked >= 10);
 }
+
+/// Runs `deploy/install-deps.sh --check` against a fake filesystem root holding `files`
+/// (executables under a `bin` directory are made executable): exit code and stderr.
+fn deps_check(files: &[&str]) -> (i32, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    for f in files {
+        let path = root.path().join(f.trim_start_matches('/'));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        if f.contains("/bin/") {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    let out = Command::new(repo().join("deploy/install-deps.sh"))
+        .arg("--check")
+        .env("HOURGLASS_DEPS_ROOT", root.path())
+        .env_remove("LIBCLANG_PATH")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const HEADERS: &str = "/usr/lib/llvm-14/lib/clang/14.0.6/include/stddef.h";
+
+#[test]
+fn install_deps_requires_the_libclang_bindgen_loads() {
+    // A stock Debian machine with LLVM's runtime: libclang-cpp is there, libclang is not.
+    let (code, err) = deps_check(&["/usr/lib/llvm-14/lib/libclang-cpp.so.14", "/usr/bin/c++"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("libclang.so") && err.contains("libclang-dev"),
+        "{err}"
+    );
+    let (code, err) = deps_check(&[
+        "/usr/lib/x86_64-linux-gnu/libclang-cpp.so.14",
+        "/usr/lib/x86_64-linux-gnu/libclang_rt.asan.so",
+        "/usr/bin/c++",
+        HEADERS,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    // Each name clang-sys tries, in each place it looks, is enough (with the headers).
+    for lib in [
+        "/usr/lib/llvm-14/lib/libclang.so",
+        "/usr/lib/llvm-14/lib/libclang-14.so.1",
+        "/usr/lib/x86_64-linux-gnu/libclang-14.so.1",
+        "/usr/lib/x86_64-linux-gnu/libclang.so.1",
+        "/usr/lib/llvm-16/lib/libclang-16.so",
+        "/usr/local/lib/libclang.so",
+    ] {
+        let (code, err) = deps_check(&[lib, "/usr/bin/c++", HEADERS]);
+        assert_eq!(code, 0, "{lib}: {err}");
+    }
+}
+
+#[test]
+fn install_deps_requires_clang_headers_and_a_cxx_compiler() {
+    let lib = "/usr/lib/llvm-14/lib/libclang-14.so.1";
+    let (code, err) = deps_check(&[lib, "/usr/bin/c++"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("builtin headers") && err.contains("libclang-dev"),
+        "{err}"
+    );
+    let (code, err) = deps_check(&[lib, HEADERS]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("C++ compiler") && err.contains("g++"), "{err}");
+    let (code, err) = deps_check(&[lib, HEADERS, "/usr/bin/g++"]);
+    assert_eq!(code, 0, "{err}");
+    // Nothing at all: both packages named in one command, libclang-dev once.
+    let (code, err) = deps_check(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("apt-get install -y libclang-dev g++"), "{err}");
+}
