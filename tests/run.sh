@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-deploy/install-deps.sh
+# faketime: tests/clock.rs runs nodes under libfaketime.
+deploy/install-deps.sh faketime
 
 echo "building (the first build compiles RocksDB from source and takes a while)..." >&2
 cargo build --release --locked --workspace --all-targets

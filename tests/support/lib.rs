@@ -49,6 +49,7 @@ pub struct NodeProc {
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     pub partitions: u32,
+    faketime: bool,
     _root: tempfile::TempDir,
 }
 
@@ -59,6 +60,9 @@ pub struct Options {
     pub partitions: u32,
     /// Extra TOML appended to every node's configuration.
     pub extra_toml: String,
+    /// Run every node under libfaketime, so [`Cluster::set_clock`] can move its wall clock
+    /// (its monotonic clock stays true).
+    pub faketime: bool,
 }
 
 impl Default for Options {
@@ -67,8 +71,21 @@ impl Default for Options {
             nodes: 3,
             partitions: 4,
             extra_toml: String::new(),
+            faketime: false,
         }
     }
+}
+
+/// libfaketime's multi-threaded library, from Debian's `faketime` package.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+/// libfaketime rereads a node's clock file this often (seconds).
+const FAKETIME_CACHE_S: u64 = 1;
+
+/// A libfaketime offset for `offset_ms`: seconds with a sign and three decimals, no unit.
+fn faketime_offset(offset_ms: i64) -> String {
+    let sign = if offset_ms < 0 { '-' } else { '+' };
+    let abs = offset_ms.unsigned_abs();
+    format!("{sign}{}.{:03}", abs / 1000, abs % 1000)
 }
 
 impl Cluster {
@@ -109,11 +126,20 @@ impl Cluster {
                 child: None,
             });
         }
+        if opts.faketime && !Path::new(LIBFAKETIME).exists() {
+            bail!("{LIBFAKETIME} is missing: install faketime (deploy/install-deps.sh faketime)");
+        }
         let mut cluster = Cluster {
             nodes,
             partitions: opts.partitions,
+            faketime: opts.faketime,
             _root: root,
         };
+        if opts.faketime {
+            for id in 1..=opts.nodes as u64 {
+                cluster.write_clock(id, 0)?;
+            }
+        }
         for id in 1..=opts.nodes as u64 {
             cluster.spawn(id)?;
         }
@@ -142,18 +168,72 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(node.dir.join("stderr.log"))?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .arg("serve")
             .arg("--config")
             .arg(&node.config)
             .args(extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("spawning hourglass serve")?;
-        node.child = Some(child);
+            .stderr(log);
+        if self.faketime {
+            let node = self.node(id);
+            command
+                .env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", node.dir.join("clock"))
+                .env("FAKETIME_CACHE_DURATION", FAKETIME_CACHE_S.to_string())
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = command.spawn().context("spawning hourglass serve")?;
+        self.node_mut(id).child = Some(child);
         Ok(())
+    }
+
+    fn write_clock(&self, id: u64, offset_ms: i64) -> Result<()> {
+        let dir = &self.node(id).dir;
+        let tmp = dir.join("clock.tmp");
+        std::fs::write(&tmp, format!("{}\n", faketime_offset(offset_ms)))?;
+        // Renamed into place, so libfaketime never reads a half-written file.
+        std::fs::rename(&tmp, dir.join("clock"))?;
+        Ok(())
+    }
+
+    /// Steps node `id`'s wall clock to `offset_ms` from the true time (the cluster must run
+    /// under faketime); returns once the node has certainly reread it.
+    pub async fn set_clock(&self, id: u64, offset_ms: i64) -> Result<()> {
+        if !self.faketime {
+            bail!("the cluster does not run under faketime");
+        }
+        self.write_clock(id, offset_ms)?;
+        // libfaketime rereads the file once more than the cache duration's whole seconds
+        // have passed since its last read: up to one second more.
+        tokio::time::sleep(Duration::from_millis((FAKETIME_CACHE_S + 1) * 1000 + 200)).await;
+        Ok(())
+    }
+
+    /// GET `path` from node `id`'s HTTP port: the status code and the body.
+    pub fn http_get(&self, id: u64, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.node(id).http)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status line")?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((code, body))
     }
 
     /// SIGKILL: no shutdown, no flush.
@@ -289,6 +369,8 @@ pub struct Seen {
     pub fired_at_ms: u64,
     pub delivered_at_ms: u64,
     pub payload: String,
+    /// When this test read the delivery, by the test's own (true) clock.
+    pub received_ms: u64,
 }
 
 fn parse_rfc3339_ms(v: &serde_json::Value) -> u64 {
@@ -380,6 +462,7 @@ impl Cluster {
                     fired_at_ms: parse_rfc3339_ms(&v["fired_at"]),
                     delivered_at_ms: parse_rfc3339_ms(&v["delivered_at"]),
                     payload: v["payload"].as_str().unwrap_or_default().to_owned(),
+                    received_ms: now_ms(),
                 };
                 sink.lock().expect("seen lock").push(s);
             }

@@ -60,6 +60,10 @@ impl AdminService {
                     .map(|r| r.http_address.clone())
                     .unwrap_or_default(),
                 rss_bytes: report.as_ref().map(|r| r.rss_bytes).unwrap_or(0),
+                clock_offset_ms: report.as_ref().and_then(|r| {
+                    crate::clock::own_offset_ms(r.clock_offsets.iter().map(|o| o.offset_ms))
+                }),
+                clock_out_of_bounds: report.as_ref().is_some_and(|r| r.clock_out_of_bounds),
             });
             for p in report.iter().flat_map(|r| &r.partitions) {
                 let own = p.leader == peer.id;

@@ -62,6 +62,10 @@ impl fmt::Display for Peer {
 /// fraction of fired timers to lose. Never set it in production.
 pub const LOSE_FIRES_ENV: &str = "HOURGLASS_FAULT_LOSE_FIRES";
 
+/// Test-only fault injection read by the chaos harness's `--inject-fault early-fire`: leaders
+/// fire timers this many milliseconds before they are due. Never set it in production.
+pub const EARLY_FIRE_ENV: &str = "HOURGLASS_FAULT_EARLY_FIRE_MS";
+
 /// Raft timing and log compaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -138,6 +142,10 @@ pub struct NodeConfig {
     pub max_payload_bytes: usize,
     /// How long a request may wait for its partition to commit before DEADLINE_EXCEEDED.
     pub request_timeout_ms: u64,
+    /// Clock offsets between nodes beyond this are warned about, exported and, when this
+    /// node's clock disagrees with a majority, reported by /readyz. Timers are decided on
+    /// cluster time whatever the offsets.
+    pub max_clock_offset_ms: u64,
     pub raft: RaftConfig,
     pub timers: TimersConfig,
     /// One-time recovery of a node whose data was lost (`--rejoin`), never stored in a file.
@@ -158,6 +166,7 @@ impl Default for NodeConfig {
             replication_factor: 3,
             max_payload_bytes: 64 * 1024,
             request_timeout_ms: 10_000,
+            max_clock_offset_ms: 500,
             raft: RaftConfig::default(),
             timers: TimersConfig::default(),
             rejoin: false,
@@ -200,6 +209,10 @@ impl NodeConfig {
                 .and_then(|v| v.parse::<f64>().ok())
                 .map(|f| f.clamp(0.0, 1.0))
                 .unwrap_or(0.0),
+            early_fire_ms: std::env::var(EARLY_FIRE_ENV)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0),
         }
     }
 
@@ -279,6 +292,12 @@ impl NodeConfig {
         }
         if self.request_timeout_ms == 0 {
             return bad("request_timeout_ms must be positive".into());
+        }
+        if self.max_clock_offset_ms == 0 || self.max_clock_offset_ms > 3_600_000 {
+            return bad(format!(
+                "max_clock_offset_ms must be in 1..=3600000, got {}",
+                self.max_clock_offset_ms
+            ));
         }
         Ok(self)
     }

@@ -1,7 +1,5 @@
 //! Conversions between the public protobuf messages and domain types, with validation.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use hourglass_proto::v1;
 use hourglass_types::{
     validate_timer_key, Command, Error as InputError, Limits, TimerDefinition, TimerKey,
@@ -12,9 +10,11 @@ use prost_types::{Duration as PbDuration, Timestamp};
 /// Timers further out than this are refused as input mistakes.
 const MAX_HORIZON_MS: u64 = 100 * 366 * 24 * 3600 * 1000;
 
+/// The wall clock, for tests that need no cluster time.
+#[cfg(test)]
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
@@ -33,7 +33,10 @@ fn timestamp_ms(field: &'static str, t: &Timestamp) -> Result<u64, InputError> {
             "must be a valid time after 1970-01-01T00:00:00Z",
         ));
     }
-    Ok((t.seconds as u64).saturating_mul(1000) + (t.nanos / 1_000_000) as u64)
+    (t.seconds as u64)
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add((t.nanos / 1_000_000) as u64))
+        .ok_or_else(|| InputError::invalid(field, "is more than 100 years ahead"))
 }
 
 fn duration_ms(field: &'static str, d: &PbDuration) -> Result<u64, InputError> {
@@ -43,7 +46,10 @@ fn duration_ms(field: &'static str, d: &PbDuration) -> Result<u64, InputError> {
             "must be a non-negative duration",
         ));
     }
-    Ok((d.seconds as u64).saturating_mul(1000) + (d.nanos / 1_000_000) as u64)
+    (d.seconds as u64)
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add((d.nanos / 1_000_000) as u64))
+        .ok_or_else(|| InputError::invalid(field, "is more than 100 years ahead"))
 }
 
 pub fn timer_key(workflow_id: String, timer_id: String) -> Result<TimerKey, InputError> {

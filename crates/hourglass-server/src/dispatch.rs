@@ -57,18 +57,23 @@ pub struct DispatchStats {
     pub workers: usize,
 }
 
+/// The time a delivery is stamped with (`delivered_at`): the node's cluster time.
+pub type DeliveryClock = Box<dyn Fn() -> u64 + Send + Sync>;
+
 pub struct Dispatcher {
     state: Mutex<State>,
     ack_timeout: Duration,
     metrics: Arc<Metrics>,
+    now_ms: DeliveryClock,
 }
 
 impl Dispatcher {
-    pub fn new(ack_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(ack_timeout: Duration, metrics: Arc<Metrics>, now_ms: DeliveryClock) -> Self {
         Dispatcher {
             state: Mutex::new(State::default()),
             ack_timeout,
             metrics,
+            now_ms,
         }
     }
 
@@ -142,7 +147,7 @@ impl Dispatcher {
             touched.insert(queue);
         }
         for q in touched {
-            pump(&mut s, &q, self.ack_timeout, &self.metrics);
+            pump(&mut s, &q, self.ack_timeout, &self.metrics, &self.now_ms);
         }
     }
 
@@ -171,7 +176,7 @@ impl Dispatcher {
             .workers
             .push(id);
         self.metrics.workers_connected.inc();
-        pump(&mut s, queue, self.ack_timeout, &self.metrics);
+        pump(&mut s, queue, self.ack_timeout, &self.metrics, &self.now_ms);
         (id, rx)
     }
 
@@ -188,7 +193,13 @@ impl Dispatcher {
         for key in w.holding {
             requeue(&mut s, key);
         }
-        pump(&mut s, &w.queue, self.ack_timeout, &self.metrics);
+        pump(
+            &mut s,
+            &w.queue,
+            self.ack_timeout,
+            &self.metrics,
+            &self.now_ms,
+        );
     }
 
     /// A worker acknowledged a delivery. Acks of deliveries it no longer holds (timed out and
@@ -219,7 +230,7 @@ impl Dispatcher {
             queue.get_or_insert(inflight.record.definition.queue);
         }
         if let Some(q) = queue {
-            pump(&mut s, &q, self.ack_timeout, &self.metrics);
+            pump(&mut s, &q, self.ack_timeout, &self.metrics, &self.now_ms);
         }
     }
 
@@ -247,7 +258,7 @@ impl Dispatcher {
             requeue(&mut s, key);
         }
         for q in queues {
-            pump(&mut s, &q, self.ack_timeout, &self.metrics);
+            pump(&mut s, &q, self.ack_timeout, &self.metrics, &self.now_ms);
         }
     }
 }
@@ -264,7 +275,13 @@ fn requeue(s: &mut State, key: TimerKey) {
 }
 
 /// Hands pending deliveries of `queue` to its workers with credit, round-robin.
-fn pump(s: &mut State, queue: &str, ack_timeout: Duration, metrics: &Metrics) {
+fn pump(
+    s: &mut State,
+    queue: &str,
+    ack_timeout: Duration,
+    metrics: &Metrics,
+    clock: &DeliveryClock,
+) {
     let State {
         inflight,
         workers,
@@ -295,7 +312,7 @@ fn pump(s: &mut State, queue: &str, ack_timeout: Duration, metrics: &Metrics) {
         let w = workers
             .get_mut(&worker_id)
             .expect("picked an existing worker");
-        let now_ms = convert::now_ms();
+        let now_ms = clock();
         let r = &item.record;
         let delivery = v1::Delivery {
             workflow_id: r.key.workflow_id.clone(),
@@ -360,7 +377,11 @@ mod tests {
 
     #[test]
     fn kept_until_a_worker_subscribes_then_credit_bounded_round_robin() {
-        let d = Dispatcher::new(Duration::from_secs(30), Arc::new(Metrics::new(1)));
+        let d = Dispatcher::new(
+            Duration::from_secs(30),
+            Arc::new(Metrics::new(1)),
+            Box::new(convert::now_ms),
+        );
         let (acks, mut acked) = mpsc::unbounded_channel();
         d.attach_partition(0, acks);
         d.offer(0, (0..5).map(|i| (record(&format!("t{i}"), "q"), 1)));
@@ -379,7 +400,11 @@ mod tests {
 
     #[test]
     fn disconnect_and_ack_timeout_redeliver_with_next_attempt() {
-        let d = Dispatcher::new(Duration::from_millis(10), Arc::new(Metrics::new(1)));
+        let d = Dispatcher::new(
+            Duration::from_millis(10),
+            Arc::new(Metrics::new(1)),
+            Box::new(convert::now_ms),
+        );
         let (acks, _acked) = mpsc::unbounded_channel();
         d.attach_partition(0, acks);
         d.offer(0, [(record("t", "q"), 1)]);
@@ -394,7 +419,11 @@ mod tests {
 
     #[test]
     fn detaching_a_partition_drops_its_deliveries() {
-        let d = Dispatcher::new(Duration::from_secs(30), Arc::new(Metrics::new(1)));
+        let d = Dispatcher::new(
+            Duration::from_secs(30),
+            Arc::new(Metrics::new(1)),
+            Box::new(convert::now_ms),
+        );
         let (acks, _acked) = mpsc::unbounded_channel();
         d.attach_partition(7, acks);
         d.offer(7, [(record("t", "q"), 1), (record("u", "q"), 1)]);

@@ -17,6 +17,9 @@ pub enum Error {
         reason: String,
         leader: Option<(NodeId, String)>,
     },
+    /// Cluster time cannot be computed yet (too few peers' clocks known); retryable.
+    #[error("cluster clock unknown: {0}")]
+    ClockUnknown(String),
     #[error("partition {partition}: no commit within {timeout_ms} ms; the outcome is unknown, retrying is safe")]
     DeadlineExceeded { partition: u32, timeout_ms: u64 },
     #[error("storage: {0}")]

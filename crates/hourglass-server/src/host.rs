@@ -12,6 +12,8 @@ use hourglass_types::{NodeId, Placement, TypeConfig};
 use openraft::{BasicNode, Raft};
 use tracing::{info, warn, Instrument};
 
+use crate::clock::{ClockConfig, SystemTimeSource, TimeSource};
+use crate::clock_probe::{self, NodeClock};
 use crate::config::NodeConfig;
 use crate::dispatch::Dispatcher;
 use crate::engine;
@@ -47,6 +49,8 @@ pub struct Host {
     /// Counters of the node's log writer. Only the groups hold the writer itself, so that it
     /// (and the database it uses) ends when they shut down.
     pub syncer_stats: OnceLock<Arc<SyncStats>>,
+    /// Cluster time: this node's clock checked against its peers'.
+    pub clock: Arc<NodeClock>,
     stopping: AtomicBool,
 }
 
@@ -54,13 +58,34 @@ impl Host {
     pub fn open(config: NodeConfig) -> Result<Arc<Self>> {
         let store = Store::open(&config.data_dir)?;
         let metrics = Arc::new(Metrics::new(config.node_id));
+        let clock = Arc::new(NodeClock::new(
+            config.node_id,
+            SystemTimeSource::default(),
+            ClockConfig {
+                max_offset_ms: config.max_clock_offset_ms,
+                ..ClockConfig::default()
+            },
+        ));
+        let members: Vec<NodeId> = config.node_ids().into_iter().collect();
+        let dispatch_clock = Arc::clone(&clock);
+        // Deliveries are stamped with cluster time; a lone wall clock only when that is unknown.
+        let delivery_time = Box::new(move || {
+            dispatch_clock
+                .now_ms(&members)
+                .unwrap_or_else(|| dispatch_clock.source().wall_ms())
+        });
         let host = Host {
             node_id: config.node_id,
             peers: Arc::new(Peers::new(&config.peers)),
             store,
             meta: OnceLock::new(),
             groups: OnceLock::new(),
-            dispatcher: Arc::new(Dispatcher::new(config.ack_timeout(), Arc::clone(&metrics))),
+            dispatcher: Arc::new(Dispatcher::new(
+                config.ack_timeout(),
+                Arc::clone(&metrics),
+                delivery_time,
+            )),
+            clock,
             metrics,
             stopping: AtomicBool::new(false),
             syncer_stats: OnceLock::new(),
@@ -72,6 +97,32 @@ impl Host {
             host.meta.set(meta).expect("meta is set once");
         }
         Ok(Arc::new(host))
+    }
+
+    /// Cluster time over every node: what a `delay` is resolved against. UNAVAILABLE while
+    /// fewer than a majority of the nodes' clocks are known (this node's own clock alone could
+    /// be wrong by any amount).
+    pub fn cluster_now(&self) -> Result<u64> {
+        let members: Vec<NodeId> = self.config.node_ids().into_iter().collect();
+        self.clock.now_ms(&members).ok_or_else(|| {
+            Error::ClockUnknown(format!(
+                "node {} knows the clocks of fewer than a majority of the {} nodes",
+                self.node_id,
+                members.len()
+            ))
+        })
+    }
+
+    /// Whether this node's clock disagrees with a majority of the cluster beyond the bound.
+    pub fn clock_out_of_bounds(&self) -> bool {
+        self.clock.out_of_bounds(self.config.peers.len())
+    }
+
+    /// The replicas of `partition`, whose clocks make its time.
+    pub fn replicas(&self, partition: u32) -> Vec<NodeId> {
+        self.placement()
+            .and_then(|p| p.replicas.get(partition as usize).cloned())
+            .unwrap_or_default()
     }
 
     /// True once this node's identity is recorded (it answers peers' hellos as ready).
@@ -164,12 +215,19 @@ impl Host {
             );
         }
         let raft_config = Arc::new(self.config.openraft_config()?);
-        let lose = self.config.engine_config().lose_fired_fraction;
-        if lose > 0.0 {
+        let engine_config = self.config.engine_config();
+        if engine_config.lose_fired_fraction > 0.0 {
             warn!(
                 node_id = self.node_id,
-                fraction = lose,
+                fraction = engine_config.lose_fired_fraction,
                 "FAULT INJECTION ACTIVE: fired timers will be lost on purpose"
+            );
+        }
+        if engine_config.early_fire_ms > 0 {
+            warn!(
+                node_id = self.node_id,
+                early_ms = engine_config.early_fire_ms,
+                "FAULT INJECTION ACTIVE: timers will fire early on purpose"
             );
         }
         let syncer = LogSyncer::start(&self.store);
@@ -220,6 +278,23 @@ impl Host {
         Ok(())
     }
 
+    /// Starts probing the peers' clocks; before the groups, so that cluster time is known by
+    /// the time a leader is elected.
+    pub fn start_clock(self: &Arc<Self>) {
+        let host = Arc::clone(self);
+        tokio::spawn(async move {
+            clock_probe::run(
+                host.node_id,
+                Arc::clone(&host.clock),
+                Arc::clone(&host.peers),
+                host.config.node_ids().into_iter().collect(),
+                Arc::clone(&host.metrics),
+                || host.stopping.load(Ordering::Relaxed),
+            )
+            .await
+        });
+    }
+
     /// Runs the partition's timer engine exactly while this node leads the partition.
     async fn lead(self: Arc<Self>, partition: u32) {
         let Some(GroupSlot {
@@ -267,6 +342,8 @@ impl Host {
                         dispatcher: Arc::clone(&self.dispatcher),
                         metrics: Arc::clone(&self.metrics),
                         config: self.config.engine_config(),
+                        clock: Arc::clone(&self.clock),
+                        replicas: self.replicas(partition),
                         in_memory: Arc::clone(&in_memory),
                     };
                     let task = tokio::spawn(engine::run(context, stopped).instrument(

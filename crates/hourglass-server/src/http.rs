@@ -53,12 +53,23 @@ async fn metrics(
     )
 }
 
-/// Ready when start-up finished and every partition replica on this node knows its leader.
+/// Ready when start-up finished, this node's clock agrees with a majority of the cluster, and
+/// every partition replica on this node knows its leader.
 async fn readyz(State(host): State<Arc<Host>>) -> (StatusCode, String) {
     if !host.is_ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "starting: waiting for peers\n".into(),
+        );
+    }
+    if host.clock_out_of_bounds() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "clock out of bounds: this node's clock disagrees with a majority of the cluster by more than {} ms (offsets: {:?})\n",
+                host.config.max_clock_offset_ms,
+                host.clock.offsets()
+            ),
         );
     }
     let leaderless: Vec<u32> = host

@@ -3,8 +3,8 @@
 //! separately.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -26,6 +26,9 @@ pub struct Metrics {
     pub workers_connected: IntGauge,
     pub wal_fsyncs: IntGauge,
     pub wal_appends: IntGauge,
+    pub clock_offset: GaugeVec,
+    pub clock_out_of_bounds: IntGauge,
+    pub clock_probe_failures: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -79,7 +82,28 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(grpc_requests.clone()))
             .expect("metric registered once");
+        let clock_offset = GaugeVec::new(
+            Opts::new(
+                "clock_offset_seconds",
+                "Estimated clock offset of each peer: its wall clock minus this node's.",
+            ),
+            &["peer"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(clock_offset.clone()))
+            .expect("metric registered once");
         Metrics {
+            clock_offset,
+            clock_out_of_bounds: gauge(
+                r,
+                "clock_out_of_bounds",
+                "1 when this node's clock disagrees with a majority of the cluster by more than max_clock_offset_ms.",
+            ),
+            clock_probe_failures: counter(
+                r,
+                "clock_probe_failures_total",
+                "Clock probes of peers that failed or timed out.",
+            ),
             timers_scheduled: counter(
                 r,
                 "timers_scheduled_total",

@@ -94,6 +94,7 @@ impl Node {
             }));
         }
 
+        host.start_clock();
         let node = Node {
             host,
             grpc_addr,

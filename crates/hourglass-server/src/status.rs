@@ -16,7 +16,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::Unavailable { .. } => Code::Unavailable,
+            Error::Unavailable { .. } | Error::ClockUnknown(_) => Code::Unavailable,
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Error::PeerPartitionMismatch { .. } | Error::WipedNode { .. } | Error::Rejoin(_) => {
                 Code::FailedPrecondition
@@ -28,6 +28,11 @@ impl From<Error> for Status {
             | Error::Transport(_) => Code::Internal,
         };
         let mut status = Status::new(code, e.to_string());
+        if let Error::ClockUnknown(_) = &e {
+            status
+                .metadata_mut()
+                .insert(RETRY_AFTER_MS, MetadataValue::from(200u32));
+        }
         if let Error::Unavailable { leader, .. } = &e {
             let md = status.metadata_mut();
             md.insert(RETRY_AFTER_MS, MetadataValue::from(200u32));

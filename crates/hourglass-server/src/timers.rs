@@ -171,7 +171,7 @@ impl TimersService {
             ))
             .into());
         }
-        let now = convert::now_ms();
+        let now = self.router.host.cluster_now()?;
         let mut results: Vec<Option<v1::ScheduleBatchResult>> = vec![None; timers.len()];
         let mut by_partition: BTreeMap<u32, Vec<_>> = BTreeMap::new();
         for (i, item) in timers.into_iter().enumerate() {
@@ -283,8 +283,9 @@ impl TimersService {
         let message = request.into_inner();
         let partition = self.partition(&message.workflow_id);
         // Validate on the first node, so bad input never travels.
-        let command = convert::schedule_command(message.clone(), &self.limits, convert::now_ms())
-            .map_err(Error::from)?;
+        let now = self.router.host.cluster_now()?;
+        let command =
+            convert::schedule_command(message.clone(), &self.limits, now).map_err(Error::from)?;
         match self.router.target(partition, hops)? {
             Target::Remote(node) => {
                 self.client(node)?
@@ -315,7 +316,7 @@ impl TimersService {
                     .await
             }
             Target::Local(group) => {
-                let received_at_ms = convert::now_ms();
+                let received_at_ms = self.router.host.cluster_now()?;
                 let command = Command::Cancel {
                     key,
                     received_at_ms,

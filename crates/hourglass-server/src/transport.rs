@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use hourglass_proto::internal::raft_transport_server::RaftTransport;
 use hourglass_proto::internal::{
-    HelloRequest, HelloResponse, LocalPartition, LocalStatusRequest, LocalStatusResponse,
-    RaftMessage,
+    ClockOffset, ClockRequest, ClockResponse, HelloRequest, HelloResponse, LocalPartition,
+    LocalStatusRequest, LocalStatusResponse, RaftMessage,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use crate::clock::TimeSource;
 use crate::host::{Group, Host};
 
 pub struct TransportService {
@@ -134,6 +135,28 @@ impl RaftTransport for TransportService {
                 .unwrap_or_default(),
             partitions,
             rss_bytes: resident_memory_bytes(),
+            clock_offsets: self
+                .host
+                .clock
+                .offsets()
+                .into_iter()
+                .map(|o| ClockOffset {
+                    peer: o.peer,
+                    offset_ms: o.offset_ms,
+                    error_ms: o.error_ms,
+                    age_ms: o.age_ms,
+                })
+                .collect(),
+            clock_out_of_bounds: self.host.clock_out_of_bounds(),
+        }))
+    }
+
+    async fn clock(
+        &self,
+        _request: Request<ClockRequest>,
+    ) -> Result<Response<ClockResponse>, Status> {
+        Ok(Response::new(ClockResponse {
+            wall_ms: self.host.clock.source().wall_ms(),
         }))
     }
 }

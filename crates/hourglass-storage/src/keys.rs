@@ -46,6 +46,8 @@ pub const SM_LAST_APPLIED: u8 = 1;
 pub const SM_MEMBERSHIP: u8 = 2;
 pub const SM_PENDING: u8 = 3;
 pub const SM_SNAPSHOT: u8 = 4;
+/// The partition's high-water time: the latest time a `Fire` committed.
+pub const SM_HIGH_WATER: u8 = 5;
 
 /// Keys of the `default` column family.
 pub const META_CLUSTER: &[u8] = b"cluster";

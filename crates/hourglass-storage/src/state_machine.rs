@@ -22,8 +22,12 @@ use crate::store::Store;
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 type Membership = StoredMembership<NodeId, BasicNode>;
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"HGSNAP01";
+/// Version 2 adds the partition's high-water time; version 1 files (without it) still load.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"HGSNAP02";
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"HGSNAP01";
 const SNAPSHOT_END: u8 = 0xFF;
+/// Record tag of the partition's high-water time (an 8-byte big-endian value, empty key).
+const SNAPSHOT_HIGH_WATER: u8 = 0xFE;
 
 /// The current snapshot of a partition, as recorded in `CF_SM_META`.
 #[derive(Serialize, Deserialize)]
@@ -188,16 +192,28 @@ impl StateMachine {
                 fired_at_ms,
             } => {
                 dedup_keep_order(&mut timers);
+                // The partition's time never goes back, whatever the proposer's clock says, and
+                // everything fired carries a time at or after its own due instant.
+                let high_water = self.store.partition_state(p)?.high_water_ms;
+                let now = fired_at_ms.max(high_water);
+                if now > high_water {
+                    self.meta_put(batch, keys::SM_HIGH_WATER, &now);
+                }
                 let mut fired = Vec::new();
+                let mut not_due = Vec::new();
                 for key in timers {
                     let Some(mut record) = self.store.get_timer(p, &key)? else {
                         continue;
                     };
-                    if record.state != TimerState::Scheduled || record.fire_at_ms > fired_at_ms {
+                    if record.state != TimerState::Scheduled {
+                        continue;
+                    }
+                    if record.fire_at_ms > now {
+                        not_due.push((key, record.fire_at_ms));
                         continue;
                     }
                     record.state = TimerState::Fired;
-                    record.fired_at_ms = Some(fired_at_ms);
+                    record.fired_at_ms = Some(now);
                     record.attempt = 1;
                     batch.put_cf(
                         timers_cf,
@@ -216,7 +232,10 @@ impl StateMachine {
                     fired.push(record);
                 }
                 self.add_pending(batch, -(fired.len() as i64))?;
-                Ok(CommandResponse::Fired { timers: fired })
+                Ok(CommandResponse::Fired {
+                    timers: fired,
+                    not_due,
+                })
             }
             Command::Complete {
                 timers: mut keys_done,
@@ -422,7 +441,7 @@ impl StateMachine {
             );
         }
         let mut pending = 0u64;
-        read_snapshot(&mut tee, |cf, k, v| {
+        let high_water = read_snapshot(&mut tee, |cf, k, v| {
             if cf == keys::CF_DUE {
                 pending += 1;
             }
@@ -437,6 +456,7 @@ impl StateMachine {
             .map_err(io(&tmp_path))?;
         std::fs::rename(&tmp_path, &final_path).map_err(io(&final_path))?;
         self.meta_put(&mut batch, keys::SM_PENDING, &pending);
+        self.meta_put(&mut batch, keys::SM_HIGH_WATER, &high_water);
         self.meta_put(&mut batch, keys::SM_LAST_APPLIED, &meta.last_log_id);
         self.meta_put(&mut batch, keys::SM_MEMBERSHIP, &meta.last_membership);
         self.meta_put(
@@ -569,6 +589,18 @@ impl SnapshotBuilder {
         };
         let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(io(&tmp))?);
         out.write_all(SNAPSHOT_MAGIC).map_err(io(&tmp))?;
+        let high_water: u64 = snap
+            .get_cf(meta_cf, keys::tagged(p, keys::SM_HIGH_WATER))?
+            .map(|v| codec::decode("high-water time", &v))
+            .transpose()?
+            .unwrap_or(0);
+        write_record(
+            &mut out,
+            SNAPSHOT_HIGH_WATER,
+            &[],
+            &high_water.to_be_bytes(),
+        )
+        .map_err(io(&tmp))?;
         for (index, cf_name) in keys::SNAPSHOT_CFS.iter().enumerate() {
             let mut ro = ReadOptions::default();
             ro.set_iterate_upper_bound(keys::partition_end(p));
@@ -646,11 +678,13 @@ fn write_record(out: &mut impl Write, cf: u8, k: &[u8], v: &[u8]) -> std::io::Re
     out.write_all(v)
 }
 
-fn read_snapshot(input: &mut impl Read, mut each: impl FnMut(&str, &[u8], &[u8])) -> Result<()> {
+/// Reads a snapshot file, handing each record to `each`; returns the partition's high-water
+/// time (0 in version 1 files, which predate it).
+fn read_snapshot(input: &mut impl Read, mut each: impl FnMut(&str, &[u8], &[u8])) -> Result<u64> {
     let bad = |e: std::io::Error| Error::corrupt("snapshot", e);
     let mut magic = [0u8; 8];
     input.read_exact(&mut magic).map_err(bad)?;
-    if &magic != SNAPSHOT_MAGIC {
+    if &magic != SNAPSHOT_MAGIC && &magic != SNAPSHOT_MAGIC_V1 {
         return Err(Error::corrupt("snapshot", "bad magic"));
     }
     let read_bytes = |input: &mut dyn Read| -> Result<Vec<u8>> {
@@ -660,11 +694,22 @@ fn read_snapshot(input: &mut impl Read, mut each: impl FnMut(&str, &[u8], &[u8])
         input.read_exact(&mut buf).map_err(bad)?;
         Ok(buf)
     };
+    let mut high_water = 0;
     loop {
         let mut tag = [0u8; 1];
         input.read_exact(&mut tag).map_err(bad)?;
         if tag[0] == SNAPSHOT_END {
-            return Ok(());
+            return Ok(high_water);
+        }
+        if tag[0] == SNAPSHOT_HIGH_WATER {
+            let _key = read_bytes(input)?;
+            let v = read_bytes(input)?;
+            let bytes: [u8; 8] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::corrupt("snapshot", "high-water time is not 8 bytes"))?;
+            high_water = u64::from_be_bytes(bytes);
+            continue;
         }
         let cf = *keys::SNAPSHOT_CFS.get(tag[0] as usize).ok_or_else(|| {
             Error::corrupt("snapshot", format!("unknown column family {}", tag[0]))

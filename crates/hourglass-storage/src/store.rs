@@ -45,6 +45,9 @@ pub struct DueEntry {
 pub struct PartitionState {
     /// Timers in SCHEDULED state.
     pub pending: u64,
+    /// The latest time a `Fire` committed (ms since the epoch); the partition's time never
+    /// goes below it.
+    pub high_water_ms: u64,
 }
 
 /// The node's RocksDB. Cheap to clone.
@@ -295,15 +298,16 @@ impl Store {
     }
 
     pub fn partition_state(&self, partition: u32) -> Result<PartitionState> {
-        let pending = self
-            .db
-            .get_cf(
-                self.cf(keys::CF_SM_META),
-                keys::tagged(partition, keys::SM_PENDING),
-            )?
-            .map(|v| codec::decode::<u64>("pending count", &v))
-            .transpose()?
-            .unwrap_or(0);
-        Ok(PartitionState { pending })
+        let read = |tag, what| -> Result<u64> {
+            self.db
+                .get_cf(self.cf(keys::CF_SM_META), keys::tagged(partition, tag))?
+                .map(|v| codec::decode::<u64>(what, &v))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        Ok(PartitionState {
+            pending: read(keys::SM_PENDING, "pending count")?,
+            high_water_ms: read(keys::SM_HIGH_WATER, "high-water time")?,
+        })
     }
 }

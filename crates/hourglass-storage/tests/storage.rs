@@ -197,6 +197,16 @@ async fn snapshot_moves_one_partition_between_nodes() {
     a_sm.apply((1..=100u64).map(|i| entry(i, schedule(key("w", &i.to_string()), at(i, b"p"), 0))))
         .await
         .unwrap();
+    // The partition's time travels with the snapshot.
+    a_sm.apply([entry(
+        101,
+        Command::Fire {
+            timers: vec![],
+            fired_at_ms: 7_777,
+        },
+    )])
+    .await
+    .unwrap();
     other
         .apply([entry(1, schedule(key("other", "x"), at(1, b""), 0))])
         .await
@@ -225,7 +235,9 @@ async fn snapshot_moves_one_partition_between_nodes() {
     assert!(b.get_timer(2, &key("stale", "x")).unwrap().is_none());
     assert!(b.get_timer(3, &key("other", "x")).unwrap().is_none());
     let (applied, _) = b_sm.applied_state().await.unwrap();
-    assert_eq!(applied.map(|l| l.index), Some(100));
+    assert_eq!(applied.map(|l| l.index), Some(101));
+    assert_eq!(b.partition_state(2).unwrap().high_water_ms, 7_777);
+    assert_eq!(b.partition_state(3).unwrap().high_water_ms, 0);
     let current = b_sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snap.meta);
 }
@@ -310,14 +322,22 @@ async fn fire_moves_only_due_scheduled_timers_and_complete_tombstones() {
         .unwrap();
     // Not yet due, cancelled, repeated or unknown timers are left alone: only "due" fires, once.
     match &r[0] {
-        CommandResponse::Fired { timers } => {
+        CommandResponse::Fired { timers, not_due } => {
             assert_eq!(timers.len(), 1);
             assert_eq!(timers[0].key, key("w", "due"));
             assert_eq!(timers[0].attempt, 1);
+            // Still scheduled but not due: the engine is told, so it can fire it later.
+            assert_eq!(not_due, &vec![(key("w", "later"), 5_000)]);
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(r[1], CommandResponse::Fired { timers: vec![] });
+    assert_eq!(
+        r[1],
+        CommandResponse::Fired {
+            timers: vec![],
+            not_due: vec![(key("w", "later"), 5_000)]
+        }
+    );
     assert_eq!(store.partition_state(0).unwrap().pending, 1);
     assert_eq!(store.fired_unacked(0).unwrap().len(), 1);
     // A cancel after the fire answers already-fired.
@@ -378,6 +398,50 @@ async fn fire_moves_only_due_scheduled_timers_and_complete_tombstones() {
             },
         ]
     );
+}
+
+/// A `Fire` proposed with a time behind the partition's (a leader whose clock stepped back)
+/// commits at the partition's time: it never goes back, and nothing fires before its due time.
+#[tokio::test]
+async fn the_partition_time_never_goes_back() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut sm = store.state_machine(0, events()).unwrap();
+    sm.apply([
+        entry(1, schedule(key("w", "a"), at(101_000, b""), 0)),
+        entry(2, schedule(key("w", "b"), at(101_500, b""), 0)),
+        entry(3, schedule(key("w", "c"), at(103_000, b""), 0)),
+    ])
+    .await
+    .unwrap();
+    let fire = |timers: Vec<TimerKey>, fired_at_ms| Command::Fire {
+        timers,
+        fired_at_ms,
+    };
+    let r = sm
+        .apply([
+            entry(4, fire(vec![key("w", "a")], 102_000)),
+            // A minute behind: commits at 102000 all the same, so "b" (due 101500) fires then.
+            entry(
+                5,
+                fire(vec![key("w", "b"), key("w", "c")], 102_000 - 60_000),
+            ),
+        ])
+        .await
+        .unwrap();
+    let CommandResponse::Fired { timers, not_due } = &r[1] else {
+        panic!("{:?}", r[1]);
+    };
+    assert_eq!(timers.len(), 1);
+    assert_eq!(timers[0].key, key("w", "b"));
+    assert_eq!(timers[0].fired_at_ms, Some(102_000));
+    assert_eq!(not_due, &vec![(key("w", "c"), 103_000)]);
+    assert_eq!(store.partition_state(0).unwrap().high_water_ms, 102_000);
+    // Every fired timer carries a time at or after its due time.
+    for k in ["a", "b"] {
+        let t = store.get_timer(0, &key("w", k)).unwrap().unwrap();
+        assert!(t.fired_at_ms.unwrap() >= t.fire_at_ms);
+    }
 }
 
 #[tokio::test]

@@ -37,9 +37,11 @@ pub enum Command {
         timers: Vec<(TimerKey, TimerDefinition)>,
         received_at_ms: u64,
     },
-    /// Proposed by the partition leader's timer engine: each listed timer that is still
-    /// SCHEDULED and due by `fired_at_ms` becomes FIRED; anything else is left alone, which
-    /// also fences a deposed leader's late proposal and a cancel that won the race.
+    /// Proposed by the partition leader's timer engine with its cluster time. The partition's
+    /// time becomes `max(fired_at_ms, its high-water time)` (it never goes back); each listed
+    /// timer that is still SCHEDULED and due by that time becomes FIRED at that time; anything
+    /// else is left alone, which also fences a deposed leader's late proposal and a cancel
+    /// that won the race.
     Fire {
         timers: Vec<TimerKey>,
         fired_at_ms: u64,
@@ -94,8 +96,11 @@ pub enum CommandResponse {
     },
     NotFound,
     /// The timers a `Fire` moved to FIRED, in the order given; only these may be delivered.
+    /// `not_due` lists the timers still SCHEDULED but due after the partition's time (with
+    /// their `fire_at_ms`): the engine must fire them later, never drop them.
     Fired {
         timers: Vec<TimerRecord>,
+        not_due: Vec<(TimerKey, u64)>,
     },
     /// How many timers a `Complete` moved to COMPLETED.
     Completed {

@@ -10,7 +10,7 @@ pub const MAX_QUEUE_BYTES: usize = 128;
 pub const DEFAULT_QUEUE: &str = "default";
 
 /// `(workflow_id, timer_id)`: the name of a timer (G6).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TimerKey {
     pub workflow_id: String,
     pub timer_id: String,

@@ -145,6 +145,10 @@ pub struct ServeArgs {
     /// Largest accepted payload in bytes.
     #[arg(long, env = "HOURGLASS_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<usize>,
+    /// Clock offset between nodes, in milliseconds, beyond which a node warns, and a node
+    /// whose clock disagrees with a majority is not ready.
+    #[arg(long, env = "HOURGLASS_MAX_CLOCK_OFFSET_MS")]
+    pub max_clock_offset_ms: Option<u64>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,

@@ -134,6 +134,8 @@ pub async fn cluster(global: &Global, cmd: ClusterCommand) -> Result<(), Failure
                     "nodes": s.nodes.iter().map(|n| json!({
                         "node_id": n.node_id, "address": n.address, "reachable": n.reachable,
                         "http_address": n.http_address, "rss_bytes": n.rss_bytes,
+                        "clock_offset_ms": n.clock_offset_ms,
+                        "clock_out_of_bounds": n.clock_out_of_bounds,
                     })).collect::<Vec<_>>(),
                     "partitions": s.partitions.iter().map(|p| json!({
                         "partition": p.partition, "replicas": p.replicas,
@@ -160,8 +162,13 @@ pub async fn cluster(global: &Global, cmd: ClusterCommand) -> Result<(), Failure
                     .filter(|p| p.leader == n.node_id)
                     .count();
                 let state = if n.reachable { "up" } else { "UNREACHABLE" };
+                let clock = match (n.clock_offset_ms, n.clock_out_of_bounds) {
+                    (Some(ms), true) => format!("clock {ms:+} ms OUT OF BOUNDS"),
+                    (Some(ms), false) => format!("clock {ms:+} ms"),
+                    (None, _) => "clock ?".to_string(),
+                };
                 println!(
-                    "  node {:<3} {:<22} {:<12} leads {leads:<3} partitions  rss {} MiB",
+                    "  node {:<3} {:<22} {:<12} leads {leads:<3} partitions  rss {} MiB  {clock}",
                     n.node_id,
                     n.address,
                     state,

@@ -56,6 +56,9 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     if let Some(v) = args.max_payload_bytes {
         config.max_payload_bytes = v;
     }
+    if let Some(v) = args.max_clock_offset_ms {
+        config.max_clock_offset_ms = v;
+    }
     config.rejoin = args.rejoin;
     Ok(config.validate()?)
 }

@@ -1,22 +1,26 @@
-//! The timer engine of one partition, run by its leader.
+//! The timer engine of one partition, run by its leader: the thin driver of [`core`].
 //!
-//! It keeps the timers due within a window in a timing wheel (never more than a cap), fills the
-//! window from the due index, follows schedule changes as they are applied, proposes due timers
-//! as batched `Fire` commands, hands what a committed fire moved to FIRED to the dispatcher, and
-//! proposes acknowledged deliveries as batched `Complete` commands. It stops when the node
-//! loses leadership; the next leader starts its own from the replicated state.
+//! It feeds the core cluster time (never this node's bare wall clock), the due index and the
+//! schedule changes as they are applied; proposes what the core finds due as batched `Fire`
+//! commands stamped with the core's time; puts back what a fire did not take; hands what a
+//! committed fire moved to FIRED to the dispatcher; and proposes acknowledged deliveries as
+//! batched `Complete` commands. It waits on the monotonic clock (tokio's timers) and stops
+//! when the node loses leadership; the next leader starts its own from the replicated state.
 
-use std::collections::HashMap;
+pub mod core;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hourglass_storage::{keys, Store, TimerEvent, TimerEvents};
-use hourglass_types::{Command, CommandResponse, TimerKey};
-use hourglass_wheel::{Clock, Handle, SystemClock, TimingWheel};
+use hourglass_storage::{DueEntry, Store, TimerEvent, TimerEvents};
+use hourglass_types::{Command, CommandResponse, NodeId, TimerKey, TimerRecord};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 
+use self::core::{CoreConfig, Delivery, DueIndex, EngineCore};
+use crate::clock::TimeSource;
+use crate::clock_probe::NodeClock;
 use crate::dispatch::Dispatcher;
 use crate::host::Group;
 use crate::metrics::Metrics;
@@ -30,18 +34,35 @@ pub struct EngineConfig {
     pub max_timers_in_memory: usize,
     /// Most timers in one `Fire` or `Complete` proposal.
     pub batch: usize,
-    /// Longest single wait; the clock is re-read at least this often, so wall-clock steps
-    /// (NTP) are noticed.
+    /// Longest single wait; cluster time is re-read at least this often.
     pub max_sleep: Duration,
     /// Tombstones older than this are expired.
     pub tombstone_retention: Duration,
     /// Fault injection for the chaos harness (`HOURGLASS_FAULT_LOSE_FIRES`): this fraction of
     /// fired timers is acknowledged without being delivered, i.e. lost. Always 0 otherwise.
     pub lose_fired_fraction: f64,
+    /// Fault injection for the chaos harness (`HOURGLASS_FAULT_EARLY_FIRE_MS`): the engine
+    /// acts as if cluster time were this much later, so timers fire early. Always 0 otherwise.
+    pub early_fire_ms: u64,
 }
 
 /// How often the leader looks for tombstones past retention.
 const TOMBSTONE_SWEEP: Duration = Duration::from_secs(30);
+/// How long to wait for the cluster clock when a majority of the partition's clocks is unknown.
+const CLOCK_RETRY: Duration = Duration::from_millis(100);
+
+/// The due index of one partition in the node's store.
+struct StoreIndex {
+    store: Store,
+    partition: u32,
+}
+
+impl DueIndex for StoreIndex {
+    fn scan(&self, from: &[u8], until_ms: u64, limit: usize) -> Result<Vec<DueEntry>, String> {
+        tokio::task::block_in_place(|| self.store.scan_due(self.partition, from, until_ms, limit))
+            .map_err(|e| format!("reading the due index: {e}"))
+    }
+}
 
 struct Engine {
     partition: u32,
@@ -50,14 +71,12 @@ struct Engine {
     dispatcher: Arc<Dispatcher>,
     metrics: Arc<Metrics>,
     config: EngineConfig,
-    wheel: TimingWheel<TimerKey, SystemClock>,
-    handles: HashMap<TimerKey, Handle>,
-    /// Every due-index entry below this raw key is in the wheel (or being fired).
-    loaded_until: Vec<u8>,
-    /// The time the loaded window reaches when it was not cut short by the cap.
-    covered_until_ms: Option<u64>,
+    clock: Arc<NodeClock>,
+    /// The partition's replicas, whose clocks make its time.
+    replicas: Vec<NodeId>,
+    core: EngineCore<StoreIndex>,
     next_sweep: tokio::time::Instant,
-    /// Published wheel size, for status.
+    /// Published count of timers in memory, for status.
     in_memory: Arc<AtomicU64>,
     /// Where the injected fault sends the timers it loses.
     acks: mpsc::UnboundedSender<TimerKey>,
@@ -72,8 +91,17 @@ pub struct EngineContext {
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
     pub config: EngineConfig,
-    /// Where the engine publishes its wheel size.
+    pub clock: Arc<NodeClock>,
+    pub replicas: Vec<NodeId>,
+    /// Where the engine publishes how many timers it holds in memory.
     pub in_memory: Arc<AtomicU64>,
+}
+
+/// Cluster time over `replicas`, shifted by the injected fault if any.
+fn cluster_now(clock: &NodeClock, replicas: &[NodeId], early_fire_ms: u64) -> Option<u64> {
+    clock
+        .now_ms(replicas)
+        .map(|t| t.saturating_add(early_fire_ms))
 }
 
 /// Runs the engine of a partition until `stop` turns true or leadership is lost.
@@ -86,6 +114,8 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
         dispatcher,
         metrics,
         config,
+        clock,
+        replicas,
         in_memory,
     } = context;
     // Subscribe before reading anything, so no change applied meanwhile is missed.
@@ -98,6 +128,24 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
             return;
         }
     }
+    // The engine starts at the partition's high-water time or the cluster time, whichever is
+    // later; without a majority of known clocks it waits.
+    let high_water = match store.partition_state(partition) {
+        Ok(state) => state.high_water_ms,
+        Err(e) => {
+            warn!(partition, error = %e, "cannot read the partition's time; engine not started");
+            return;
+        }
+    };
+    let start = loop {
+        if let Some(now) = cluster_now(&clock, &replicas, config.early_fire_ms) {
+            break now.max(high_water);
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(CLOCK_RETRY) => {}
+        }
+    };
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     dispatcher.attach_partition(partition, ack_tx.clone());
     // Runs however the engine ends, also when its task is aborted.
@@ -110,18 +158,32 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
             group.clone(),
             ack_rx,
             config.batch,
+            Arc::clone(&clock),
+            replicas.clone(),
         )),
     };
 
+    let core = EngineCore::new(
+        partition,
+        CoreConfig {
+            window_ms: u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX),
+            max_in_memory: config.max_timers_in_memory,
+            batch: config.batch,
+        },
+        StoreIndex {
+            store: store.clone(),
+            partition,
+        },
+        start,
+    );
     let mut engine = Engine {
         partition,
-        loaded_until: keys::partition_prefix(partition).to_vec(),
-        covered_until_ms: None,
         next_sweep: tokio::time::Instant::now(),
         in_memory: Arc::clone(&in_memory),
         acks: ack_tx,
-        wheel: TimingWheel::new(SystemClock),
-        handles: HashMap::new(),
+        core,
+        clock,
+        replicas,
         group,
         store,
         dispatcher: Arc::clone(&dispatcher),
@@ -138,17 +200,15 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
                 );
             }
             // Whoever delivered them before may have crashed mid-way: this is a new attempt.
-            dispatcher.offer(
-                partition,
-                unacked.into_iter().map(|r| {
-                    let attempt = r.attempt + 1;
-                    (r, attempt)
-                }),
-            );
+            let ready = engine.core.release(unacked.into_iter().map(|r| {
+                let attempt = r.attempt + 1;
+                (r, attempt)
+            }));
+            engine.offer(ready);
         }
         Err(e) => warn!(partition, error = %e, "cannot read fired timers"),
     }
-    info!(partition, "timer engine started");
+    info!(partition, start_ms = start, "timer engine started");
     let result = engine.run_loop(&mut changes, &mut stop).await;
     match result {
         Ok(()) => info!(partition, "timer engine stopped"),
@@ -162,28 +222,45 @@ impl Engine {
         changes: &mut broadcast::Receiver<TimerEvent>,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), String> {
+        let mut clock_missing_logged = false;
         loop {
             if *stop.borrow() {
                 return Ok(());
             }
-            let now = self.wheel.clock().now_ms();
-            self.refill(now)?;
-            self.fire_due().await?;
-            self.in_memory
-                .store(self.wheel.len() as u64, Ordering::Relaxed);
-            if tokio::time::Instant::now() >= self.next_sweep {
-                self.expire_tombstones(now).await?;
-                self.next_sweep = tokio::time::Instant::now() + TOMBSTONE_SWEEP;
-            }
-            let now = self.wheel.clock().now_ms();
-            let mut wait = self.config.max_sleep;
-            if let Some(next) = self.wheel.next_deadline() {
-                wait = wait.min(Duration::from_millis(next.saturating_sub(now)));
-            }
-            if let Some(covered) = self.covered_until_ms {
-                let refill_at = covered.saturating_sub(self.config.window.as_millis() as u64 / 2);
-                wait = wait.min(Duration::from_millis(refill_at.saturating_sub(now)));
-            }
+            let wait = match cluster_now(&self.clock, &self.replicas, self.config.early_fire_ms) {
+                None => {
+                    if !clock_missing_logged {
+                        warn!(
+                            partition = self.partition,
+                            "cluster time unknown (no majority of the replicas' clocks): not firing"
+                        );
+                        clock_missing_logged = true;
+                    }
+                    CLOCK_RETRY
+                }
+                Some(cluster) => {
+                    clock_missing_logged = false;
+                    let now = self.core.advance(cluster);
+                    self.core.refill()?;
+                    self.fire_due().await?;
+                    let ready = self.core.release_held();
+                    self.offer(ready);
+                    self.in_memory
+                        .store(self.core.in_memory() as u64, Ordering::Relaxed);
+                    if tokio::time::Instant::now() >= self.next_sweep {
+                        self.expire_tombstones(now).await?;
+                        self.next_sweep = tokio::time::Instant::now() + TOMBSTONE_SWEEP;
+                    }
+                    let now = self.core.now_ms();
+                    match self.core.next_wake_ms() {
+                        Some(at) => self
+                            .config
+                            .max_sleep
+                            .min(Duration::from_millis(at.saturating_sub(now))),
+                        None => self.config.max_sleep,
+                    }
+                }
+            };
             if wait.is_zero() {
                 // Catch-up: yield between batches, but do not sleep.
                 tokio::task::yield_now().await;
@@ -194,12 +271,12 @@ impl Engine {
                 _ = stop.changed() => return Ok(()),
                 change = changes.recv() => match change {
                     Ok(change) => {
-                        self.apply_change(change);
+                        self.core.on_event(change);
                         self.drain_changes(changes);
                     }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         warn!(partition = self.partition, missed, "fell behind schedule changes; reloading");
-                        self.reset();
+                        self.core.reset();
                     }
                     Err(broadcast::error::RecvError::Closed) => return Err("state machine gone".into()),
                 },
@@ -211,137 +288,69 @@ impl Engine {
     fn drain_changes(&mut self, changes: &mut broadcast::Receiver<TimerEvent>) {
         loop {
             match changes.try_recv() {
-                Ok(change) => self.apply_change(change),
-                Err(broadcast::error::TryRecvError::Lagged(_)) => self.reset(),
+                Ok(change) => self.core.on_event(change),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => self.core.reset(),
                 Err(_) => return,
             }
         }
     }
 
-    fn apply_change(&mut self, change: TimerEvent) {
-        match change {
-            TimerEvent::Scheduled { key, fire_at_ms } => {
-                let due = keys::due_key(self.partition, fire_at_ms, &key);
-                if due >= self.loaded_until || self.handles.contains_key(&key) {
-                    return;
-                }
-                if self.wheel.len() >= self.config.max_timers_in_memory {
-                    // Full: shrink the window so the loader picks this timer up later.
-                    self.loaded_until = due;
-                    self.covered_until_ms = None;
-                    return;
-                }
-                let handle = self.wheel.insert(fire_at_ms, key.clone());
-                self.handles.insert(key, handle);
-            }
-            TimerEvent::Unscheduled { key, .. } => {
-                if let Some(handle) = self.handles.remove(&key) {
-                    self.wheel.cancel(handle);
-                }
-            }
-            TimerEvent::Reset => self.reset(),
+    fn offer(&self, deliveries: Vec<Delivery>) {
+        if !deliveries.is_empty() {
+            self.dispatcher.offer(self.partition, deliveries);
         }
     }
 
-    /// Forgets the window; the next refill reads it again from the due index.
-    fn reset(&mut self) {
-        for (_, handle) in self.handles.drain() {
-            self.wheel.cancel(handle);
-        }
-        self.loaded_until = keys::partition_prefix(self.partition).to_vec();
-        self.covered_until_ms = None;
-    }
-
-    /// Loads due timers up to `now + window`, as far as the cap allows.
-    fn refill(&mut self, now: u64) -> Result<(), String> {
-        let target = now + self.config.window.as_millis() as u64;
-        let half = self.config.window.as_millis() as u64 / 2;
-        let cap = self.config.max_timers_in_memory;
-        match self.covered_until_ms {
-            // The window still reaches far enough ahead.
-            Some(covered) if covered >= now + half => return Ok(()),
-            // Cut short by the cap: wait until half of it has fired.
-            None if self.wheel.len() > cap / 2 => return Ok(()),
-            _ => {}
-        }
-        let room = cap.saturating_sub(self.wheel.len());
-        if room == 0 {
-            return Ok(());
-        }
-        let from = self.loaded_until.clone();
-        let entries = tokio::task::block_in_place(|| {
-            self.store.scan_due(self.partition, &from, target, room)
-        })
-        .map_err(|e| format!("reading the due index: {e}"))?;
-        let full = entries.len() == room;
-        for e in &entries {
-            if !self.handles.contains_key(&e.key) {
-                let handle = self.wheel.insert(e.fire_at_ms, e.key.clone());
-                self.handles.insert(e.key.clone(), handle);
-            }
-        }
-        if full {
-            let mut next = entries.last().map(|e| e.raw.clone()).unwrap_or(from);
-            next.push(0);
-            self.loaded_until = next;
-            self.covered_until_ms = None;
-        } else {
-            let bound = keys::due_bound(self.partition, target).to_vec();
-            if bound > self.loaded_until {
-                self.loaded_until = bound;
-            }
-            self.covered_until_ms = Some(target);
-        }
-        debug_assert!(self.wheel.len() <= self.config.max_timers_in_memory);
-        Ok(())
-    }
-
-    /// Proposes every expired timer, in `(fire_at, workflow_id, timer_id)` order (G7), and
-    /// offers what the committed fires moved to FIRED for delivery.
+    /// Proposes every due timer, in `(fire_at, workflow_id, timer_id)` order (G7), stamped with
+    /// the core's time; offers what the committed fires moved to FIRED for delivery and puts
+    /// back what they did not.
     async fn fire_due(&mut self) -> Result<(), String> {
-        let mut expired = Vec::new();
-        self.wheel.poll(&mut expired);
-        if expired.is_empty() {
-            return Ok(());
-        }
-        for (_, key) in &expired {
-            self.handles.remove(key);
-        }
-        expired.sort();
-        for chunk in expired.chunks(self.config.batch) {
-            let fired_at_ms = self.wheel.clock().now_ms();
+        loop {
+            let due = self.core.take_due();
+            if due.is_empty() {
+                return Ok(());
+            }
+            let fired_at_ms = self.core.now_ms();
             let command = Command::Fire {
-                timers: chunk.iter().map(|(_, k)| k.clone()).collect(),
+                timers: due.iter().map(|(_, k)| k.clone()).collect(),
                 fired_at_ms,
             };
             match self.group.client_write(command).await {
                 Ok(response) => match response.data {
-                    CommandResponse::Fired { timers } => {
-                        debug!(partition = self.partition, fired = timers.len(), "fired");
+                    CommandResponse::Fired { timers, not_due } => {
+                        debug!(
+                            partition = self.partition,
+                            fired = timers.len(),
+                            not_due = not_due.len(),
+                            "fired"
+                        );
                         self.metrics.timers_fired.inc_by(timers.len() as u64);
                         for t in &timers {
-                            let late = fired_at_ms.saturating_sub(t.fire_at_ms);
+                            let at = t.fired_at_ms.unwrap_or(fired_at_ms);
+                            let late = at.saturating_sub(t.fire_at_ms);
                             self.metrics.fire_lateness.observe(late as f64 / 1000.0);
                         }
+                        self.core.put_back(not_due);
                         let timers = self.inject_loss(timers);
-                        self.dispatcher
-                            .offer(self.partition, timers.into_iter().map(|r| (r, 1)));
+                        let ready = self.core.release(timers.into_iter().map(|r| (r, 1)));
+                        self.offer(ready);
                     }
                     other => return Err(format!("unexpected fire outcome {other:?}")),
                 },
-                Err(e) => return Err(format!("fire not committed: {e}")),
+                Err(e) => {
+                    // Not lost either way: the next engine reloads them from the due index.
+                    self.core
+                        .put_back(due.into_iter().map(|(at, key)| (key, at)));
+                    return Err(format!("fire not committed: {e}"));
+                }
             }
         }
-        Ok(())
     }
 }
 
 impl Engine {
     /// The injected fault: completes a deterministic share of fired timers undelivered.
-    fn inject_loss(
-        &self,
-        timers: Vec<hourglass_types::TimerRecord>,
-    ) -> Vec<hourglass_types::TimerRecord> {
+    fn inject_loss(&self, timers: Vec<TimerRecord>) -> Vec<TimerRecord> {
         let fraction = self.config.lose_fired_fraction;
         if fraction <= 0.0 {
             return timers;
@@ -362,7 +371,9 @@ impl Engine {
 
     /// Forgets tombstones past their retention, a batch per sweep.
     async fn expire_tombstones(&mut self, now: u64) -> Result<(), String> {
-        let before_ms = now.saturating_sub(self.config.tombstone_retention.as_millis() as u64);
+        let retention =
+            u64::try_from(self.config.tombstone_retention.as_millis()).unwrap_or(u64::MAX);
+        let before_ms = now.saturating_sub(retention);
         let timers = tokio::task::block_in_place(|| {
             self.store
                 .scan_tombstones(self.partition, before_ms, self.config.batch)
@@ -407,6 +418,8 @@ async fn complete_acks(
     group: Group,
     mut acks: mpsc::UnboundedReceiver<TimerKey>,
     batch: usize,
+    clock: Arc<NodeClock>,
+    replicas: Vec<NodeId>,
 ) {
     while let Some(first) = acks.recv().await {
         let mut timers = vec![first];
@@ -419,7 +432,11 @@ async fn complete_acks(
         let count = timers.len();
         let command = Command::Complete {
             timers,
-            completed_at_ms: SystemClock.now_ms(),
+            // Only the tombstone's retention depends on it; a lone wall clock will do when
+            // the cluster's is unknown.
+            completed_at_ms: clock
+                .now_ms(&replicas)
+                .unwrap_or_else(|| clock.source().wall_ms()),
         };
         if let Err(e) = group.client_write(command).await {
             // They stay FIRED: the next leader delivers them again, a duplicate after a fault (G5).

@@ -1,0 +1,104 @@
+//! Keeps the node's cluster clock fed: probes every peer's wall clock over the Raft transport,
+//! exports the offsets as metrics and warns when a clock is out of bounds.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hourglass_proto::internal::ClockRequest;
+use hourglass_types::NodeId;
+use tonic::Request;
+use tracing::{info, warn};
+
+use crate::clock::{ClusterClock, SystemTimeSource, TimeSource};
+use crate::metrics::Metrics;
+use crate::network::Peers;
+
+pub type NodeClock = ClusterClock<SystemTimeSource>;
+
+/// How often every peer is probed. Samples live 5 s, so a peer stays known through a few
+/// lost probes.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// A probe slower than this says little about the peer's clock.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Probes every peer in `peers` (this node excluded) until `stopping` says so.
+pub async fn run(
+    node_id: NodeId,
+    clock: Arc<NodeClock>,
+    peers: Arc<Peers>,
+    members: Vec<NodeId>,
+    metrics: Arc<Metrics>,
+    stopping: impl Fn() -> bool,
+) {
+    let others: Vec<NodeId> = members.iter().copied().filter(|&p| p != node_id).collect();
+    let max_offset_ms = clock.config().max_offset_ms;
+    let mut warned: HashSet<NodeId> = HashSet::new();
+    let mut self_out = false;
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if stopping() {
+            return;
+        }
+        futures::future::join_all(others.iter().map(|&peer| {
+            let clock = Arc::clone(&clock);
+            let peers = Arc::clone(&peers);
+            let metrics = Arc::clone(&metrics);
+            async move {
+                let Some(mut client) = peers.transport(peer) else {
+                    return;
+                };
+                let mut request = Request::new(ClockRequest { from_node: node_id });
+                request.set_timeout(PROBE_TIMEOUT);
+                let sent = clock.source().mono_ms();
+                match client.clock(request).await {
+                    Ok(r) => {
+                        clock.record(peer, sent, r.into_inner().wall_ms);
+                    }
+                    Err(_) => metrics.clock_probe_failures.inc(),
+                }
+            }
+        }))
+        .await;
+        for o in clock.offsets() {
+            metrics
+                .clock_offset
+                .with_label_values(&[&o.peer.to_string()])
+                .set(o.offset_ms as f64 / 1000.0);
+            let beyond = o.offset_ms.unsigned_abs().saturating_sub(o.error_ms) > max_offset_ms;
+            if beyond && warned.insert(o.peer) {
+                warn!(
+                    node_id,
+                    peer = o.peer,
+                    offset_ms = o.offset_ms,
+                    error_ms = o.error_ms,
+                    max_clock_offset_ms = max_offset_ms,
+                    "peer clock offset beyond the bound"
+                );
+            } else if !beyond && warned.remove(&o.peer) {
+                info!(
+                    node_id,
+                    peer = o.peer,
+                    offset_ms = o.offset_ms,
+                    "peer clock offset back within the bound"
+                );
+            }
+        }
+        let out = clock.out_of_bounds(members.len());
+        metrics.clock_out_of_bounds.set(i64::from(out));
+        if out != self_out {
+            if out {
+                warn!(
+                    node_id,
+                    max_clock_offset_ms = max_offset_ms,
+                    "this node's clock disagrees with a majority of the cluster; fix its time source (it is not ready until then)"
+                );
+            } else {
+                info!(node_id, "this node's clock agrees with the cluster again");
+            }
+            self_out = out;
+        }
+    }
+}
