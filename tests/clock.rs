@@ -75,6 +75,10 @@ async fn a_leader_whose_clock_runs_ahead_fires_nothing_early() {
     let c = Cluster::start(options()).await.unwrap();
     let worker = c.worker("q", &[]).unwrap();
     let leader = c.leader_of(0).await.unwrap();
+    // Timers already in the leader's wheel when its clock jumps.
+    let loaded = schedule_batch(&c.client(), "loaded", 20).await;
+    c.set_clock(leader, 300_000).await.unwrap();
+    assert_on_time(&worker, &loaded, 2_000).await;
     for (step, ahead_ms) in [("30s", 30_000i64), ("10m", 600_000)] {
         c.set_clock(leader, ahead_ms).await.unwrap();
         // Through the skewed leader itself and through the others.

@@ -215,20 +215,31 @@ impl<T: TimeSource> ClusterClock<T> {
     /// Cluster time over `members` (this node may or may not be one of them), or `None` when
     /// fewer than a majority of them have a known clock.
     pub fn now_ms(&self, members: &[NodeId]) -> Option<u64> {
+        let values = self
+            .readings(members)
+            .into_iter()
+            .filter_map(|(_, v)| v)
+            .collect();
+        fault_tolerant_time(members.len(), values)
+    }
+
+    /// What cluster time over `members` is made of: each member's clock as known now (this
+    /// node's wall clock, a peer's lower bound), `None` where unknown.
+    pub fn readings(&self, members: &[NodeId]) -> Vec<(NodeId, Option<u64>)> {
         let mono = self.source.mono_ms();
         let wall = self.source.wall_ms();
         let samples = self.samples.lock().expect("clock samples poisoned");
-        let values: Vec<u64> = members
+        members
             .iter()
-            .filter_map(|&m| {
-                if m == self.node_id {
+            .map(|&m| {
+                let value = if m == self.node_id {
                     Some(wall)
                 } else {
                     self.peer_lower_bound(&samples, m, mono)
-                }
+                };
+                (m, value)
             })
-            .collect();
-        fault_tolerant_time(members.len(), values)
+            .collect()
     }
 
     /// The latest estimate of each peer's offset, from its tightest fresh sample.

@@ -53,11 +53,13 @@ pub async fn run(
                 let mut request = Request::new(ClockRequest { from_node: node_id });
                 request.set_timeout(PROBE_TIMEOUT);
                 let sent = clock.source().mono_ms();
-                match client.clock(request).await {
-                    Ok(r) => {
+                // The grpc-timeout header bounds the peer's work, not the wait here: a paused
+                // peer or a half-open connection must not hold up the probes of the others.
+                match tokio::time::timeout(PROBE_TIMEOUT, client.clock(request)).await {
+                    Ok(Ok(r)) => {
                         clock.record(peer, sent, r.into_inner().wall_ms);
                     }
-                    Err(_) => metrics.clock_probe_failures.inc(),
+                    Ok(Err(_)) | Err(_) => metrics.clock_probe_failures.inc(),
                 }
             }
         }))

@@ -48,6 +48,8 @@ pub struct EngineConfig {
 
 /// How often the leader looks for tombstones past retention.
 const TOMBSTONE_SWEEP: Duration = Duration::from_secs(30);
+/// A forward jump of cluster time beyond the monotonic clock's progress worth a warning.
+const CLOCK_JUMP_MS: u64 = 1_000;
 /// How long to wait for the cluster clock when a majority of the partition's clocks is unknown.
 const CLOCK_RETRY: Duration = Duration::from_millis(100);
 
@@ -223,6 +225,9 @@ impl Engine {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), String> {
         let mut clock_missing_logged = false;
+        // Cluster time should advance with the monotonic clock; a jump says a majority of the
+        // replicas' clocks stepped, which operators want to know.
+        let mut last = (tokio::time::Instant::now(), self.core.now_ms());
         loop {
             if *stop.borrow() {
                 return Ok(());
@@ -240,7 +245,17 @@ impl Engine {
                 }
                 Some(cluster) => {
                     clock_missing_logged = false;
+                    let elapsed = u64::try_from(last.0.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    if cluster > last.1.saturating_add(elapsed).saturating_add(CLOCK_JUMP_MS) {
+                        warn!(
+                            partition = self.partition,
+                            jump_ms = cluster - last.1 - elapsed,
+                            readings = ?self.clock.readings(&self.replicas),
+                            "cluster time jumped forward"
+                        );
+                    }
                     let now = self.core.advance(cluster);
+                    last = (tokio::time::Instant::now(), now);
                     self.core.refill()?;
                     self.fire_due().await?;
                     let ready = self.core.release_held();
