@@ -11,6 +11,27 @@ use crate::net;
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
+/// How often libfaketime rereads a node's clock file, in seconds (`FAKETIME_CACHE_DURATION`).
+const CLOCK_CACHE_S: u64 = 1;
+
+/// The longest a written offset takes to reach a node: libfaketime rereads the file once the
+/// whole seconds elapsed since its last read exceed [`CLOCK_CACHE_S`], so up to
+/// `CLOCK_CACHE_S + 1` seconds later, plus a margin.
+pub const CLOCK_STEP_LATENCY: Duration = Duration::from_millis((CLOCK_CACHE_S + 1) * 1_000 + 200);
+
+/// The content of a node's libfaketime clock file for a wall clock `offset_ms` from true time:
+/// a relative offset in seconds (`+0`, `+600.000`, `-1.500`). libfaketime adds it to the real
+/// time from the moment it reads the file, so a new value is a step, not a slew. No unit
+/// letter: libfaketime would read `m`, `h`, `d` or `y` anywhere in it as a multiplier.
+pub fn clock_file_offset(offset_ms: i64) -> String {
+    if offset_ms == 0 {
+        return "+0".to_string();
+    }
+    let sign = if offset_ms < 0 { '-' } else { '+' };
+    let abs = offset_ms.unsigned_abs();
+    format!("{sign}{}.{:03}", abs / 1000, abs % 1000)
+}
+
 pub struct Node {
     pub id: u64,
     child: Option<Child>,
@@ -44,7 +65,7 @@ impl Cluster {
         for i in 1..=count {
             let nd = dir.join(format!("node-{i}"));
             std::fs::create_dir_all(&nd)?;
-            std::fs::write(nd.join("clock"), "+0\n")?;
+            std::fs::write(nd.join("clock"), format!("{}\n", clock_file_offset(0)))?;
             std::fs::write(
                 nd.join("node.toml"),
                 format!(
@@ -111,7 +132,9 @@ impl Cluster {
             // Wall-clock skew only: tokio and openraft run on the monotonic clock.
             .env("LD_PRELOAD", LIBFAKETIME)
             .env("FAKETIME_TIMESTAMP_FILE", dir.join("clock"))
-            .env("FAKETIME_CACHE_DURATION", "1")
+            .env("FAKETIME_CACHE_DURATION", CLOCK_CACHE_S.to_string())
+            // The current name, and the one libfaketime before 0.9.8 reads.
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
             .env("DONT_FAKE_MONOTONIC", "1")
             .stdout(Stdio::null())
             .stderr(log);
@@ -148,20 +171,34 @@ impl Cluster {
         }
     }
 
-    /// Sets node `id`'s wall clock offset, e.g. `+3s`, `-2s`, `+0`.
-    pub fn skew(&self, id: u64, offset: &str) -> Result<()> {
-        std::fs::write(self.node_dir(id).join("clock"), format!("{offset}\n"))?;
+    /// Steps node `id`'s wall clock to `offset_ms` from true time (0 is true time). The node
+    /// sees the step within [`CLOCK_STEP_LATENCY`]; its monotonic clock never moves.
+    pub fn skew(&self, id: u64, offset_ms: i64) -> Result<()> {
+        let path = self.node_dir(id).join("clock");
+        // Write then rename: libfaketime never reads a half-written file.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{}\n", clock_file_offset(offset_ms)))?;
+        std::fs::rename(&tmp, &path)?;
         Ok(())
     }
 
     /// The current leader of each partition, as the live nodes report it.
     pub async fn leaders(&self, client: &Client) -> Vec<u64> {
+        self.leader_map(client)
+            .await
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect()
+    }
+
+    /// (partition, leader) for every partition with a known leader.
+    pub async fn leader_map(&self, client: &Client) -> Vec<(u32, u64)> {
         match tokio::time::timeout(Duration::from_secs(3), client.cluster_status()).await {
             Ok(Ok(s)) => s
                 .partitions
                 .iter()
-                .map(|p| p.leader)
-                .filter(|&l| l != 0)
+                .filter(|p| p.leader != 0)
+                .map(|p| (p.partition, p.leader))
                 .collect(),
             _ => Vec::new(),
         }
@@ -177,5 +214,27 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_file_offsets_are_plain_seconds() {
+        assert_eq!(clock_file_offset(0), "+0");
+        assert_eq!(clock_file_offset(1_500), "+1.500");
+        assert_eq!(clock_file_offset(-1_500), "-1.500");
+        assert_eq!(clock_file_offset(-7), "-0.007");
+        assert_eq!(clock_file_offset(600_000), "+600.000");
+        assert_eq!(clock_file_offset(-600_000), "-600.000");
+        for ms in [-600_000, -1, 1, 59_999, 600_000] {
+            let s = clock_file_offset(ms);
+            assert!(!s.contains(['m', 'h', 'd', 'y']), "{s}");
+            // What libfaketime's atof() makes of it.
+            let secs: f64 = s.parse().unwrap();
+            assert_eq!((secs * 1000.0).round() as i64, ms);
+        }
     }
 }

@@ -8,8 +8,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use crate::cluster::Cluster;
-use crate::history::{Event, Kind, Recorder};
+use crate::cluster::{Cluster, CLOCK_STEP_LATENCY};
+use crate::history::{now_ms, Event, Kind, Recorder};
 use crate::net;
 
 pub const ALL: &[&str] = &[
@@ -31,15 +31,55 @@ pub enum Applied {
     Killed(Vec<u64>),
     Paused(Vec<u64>),
     Partitioned(Vec<u64>),
+    /// Nodes whose wall clock was stepped away from true time.
     Skewed(Vec<u64>),
     Nothing,
+}
+
+/// A clock step the `clock-skew` nemesis chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skew {
+    pub node: u64,
+    /// Picked as the leader of this partition, or `None` when picked as any node.
+    pub targeted_partition: Option<u32>,
+    /// The partitions the node led by the status read before the step.
+    pub leader_of: Vec<u32>,
+    pub offset_ms: i64,
+}
+
+/// Half of the time the leader of a random partition (when any is known), otherwise any node;
+/// the step is uniform in magnitude up to `max_ms`, forward or back.
+pub fn choose_skew(rng: &mut StdRng, nodes: u64, leaders: &[(u32, u64)], max_ms: u64) -> Skew {
+    let (node, targeted_partition) = match leaders.choose(rng) {
+        Some(&(partition, leader)) if rng.gen_bool(0.5) => (leader, Some(partition)),
+        _ => (rng.gen_range(1..=nodes), None),
+    };
+    let magnitude = rng.gen_range(1..=max_ms.max(1)) as i64;
+    let offset_ms = if rng.gen_bool(0.5) {
+        magnitude
+    } else {
+        -magnitude
+    };
+    Skew {
+        node,
+        targeted_partition,
+        leader_of: leaders
+            .iter()
+            .filter(|&&(_, l)| l == node)
+            .map(|&(p, _)| p)
+            .collect(),
+        offset_ms,
+    }
 }
 
 pub struct Nemesis {
     pub rng: StdRng,
     pub rec: Recorder,
     pub workers: Vec<Arc<tokio::sync::Notify>>,
+    /// Largest clock step of `clock-skew`, either way.
     pub skew_max_ms: u64,
+    /// Clock steps not yet healed.
+    pub skewed: Vec<Skew>,
 }
 
 impl Nemesis {
@@ -53,12 +93,26 @@ impl Nemesis {
             .record(Event::new("nemesis", Kind::Nemesis, f).value(value));
     }
 
+    /// Records a clock step (or the step back, `heal`) of one node.
+    fn record_clock(&self, f: &str, time: u64, skew: &Skew, value: String) {
+        let mut e = Event::new("nemesis", Kind::Nemesis, f)
+            .at(time)
+            .value(value);
+        e.node = Some(skew.node);
+        e.leader = Some(!skew.leader_of.is_empty());
+        e.leader_of = skew.leader_of.clone();
+        e.offset_ms = Some(skew.offset_ms);
+        self.rec.record(e);
+    }
+
     pub async fn apply(
         &mut self,
         fault: &str,
         cluster: &mut Cluster,
         client: &Client,
     ) -> Result<Applied> {
+        // The fault window opens before the fault acts.
+        let started = now_ms();
         let n = cluster.nodes.len() as u64;
         let mut ids: Vec<u64> = (1..=n).collect();
         ids.shuffle(&mut self.rng);
@@ -133,12 +187,24 @@ impl Nemesis {
                 Applied::Partitioned(ids.clone())
             }
             "clock-skew" => {
-                let victims = vec![ids[0]];
-                let ms = self.rng.gen_range(200..=self.skew_max_ms.max(201)) as i64;
-                let offset = if self.rng.gen_bool(0.5) { ms } else { -ms };
-                cluster.skew(ids[0], &format!("{:+.3}s", offset as f64 / 1000.0))?;
-                self.record("clock-skew", format!("node {} {offset:+} ms", ids[0]));
-                Applied::Skewed(victims)
+                let leaders = cluster.leader_map(client).await;
+                let skew = choose_skew(&mut self.rng, n, &leaders, self.skew_max_ms);
+                cluster.skew(skew.node, skew.offset_ms)?;
+                let target = match skew.targeted_partition {
+                    Some(p) => format!("leader of partition {p}"),
+                    None => "any node".to_string(),
+                };
+                self.record_clock(
+                    "start clock-skew",
+                    started,
+                    &skew,
+                    format!(
+                        "node {} ({target}; leads {:?}) stepped {:+} ms",
+                        skew.node, skew.leader_of, skew.offset_ms
+                    ),
+                );
+                self.skewed.push(skew.clone());
+                return Ok(Applied::Skewed(vec![skew.node]));
             }
             "worker-kill" => {
                 if let Some(w) = self.workers.choose(&mut self.rng) {
@@ -155,11 +221,25 @@ impl Nemesis {
             | Applied::Skewed(v) => format!("{v:?}"),
             Applied::Nothing => String::new(),
         };
-        self.record(&format!("start {fault}"), detail);
+        self.rec.record(
+            Event::new("nemesis", Kind::Nemesis, &format!("start {fault}"))
+                .at(started)
+                .value(detail),
+        );
         Ok(applied)
     }
 
-    pub fn heal(&mut self, applied: Applied, cluster: &mut Cluster) -> Result<()> {
+    /// Steps the clocks of `nodes` back to true time and waits until the nodes see it, so that
+    /// the `heal` recorded after it is when they run on true time again.
+    async fn unskew(&mut self, nodes: &[u64], cluster: &Cluster) -> Result<()> {
+        for &id in nodes {
+            cluster.skew(id, 0)?;
+        }
+        tokio::time::sleep(CLOCK_STEP_LATENCY).await;
+        Ok(())
+    }
+
+    pub async fn heal(&mut self, applied: Applied, cluster: &mut Cluster) -> Result<()> {
         match applied {
             Applied::Killed(v) => {
                 for id in v {
@@ -178,9 +258,19 @@ impl Nemesis {
                 }
             }
             Applied::Skewed(v) => {
-                for id in v {
-                    cluster.skew(id, "+0")?;
+                self.unskew(&v, cluster).await?;
+                let (healed, still): (Vec<Skew>, Vec<Skew>) = std::mem::take(&mut self.skewed)
+                    .into_iter()
+                    .partition(|s| v.contains(&s.node));
+                self.skewed = still;
+                for s in healed {
+                    let value = format!(
+                        "node {} stepped back {:+} ms to true time",
+                        s.node, -s.offset_ms
+                    );
+                    self.record_clock("heal", now_ms(), &Skew { offset_ms: 0, ..s }, value);
                 }
+                return Ok(());
             }
             Applied::Nothing => {}
         }
@@ -189,11 +279,13 @@ impl Nemesis {
     }
 
     /// Undoes every fault whatever was applied: the final heal before the drain.
-    pub fn heal_all(&mut self, cluster: &mut Cluster) -> Result<()> {
+    pub async fn heal_all(&mut self, cluster: &mut Cluster) -> Result<()> {
         let n = cluster.nodes.len() as u64;
-        for id in 1..=n {
+        let all: Vec<u64> = (1..=n).collect();
+        self.unskew(&all, cluster).await?;
+        self.skewed.clear();
+        for id in all {
             net::heal(id);
-            cluster.skew(id, "+0")?;
             cluster.signal(id, "-CONT");
             cluster.start(id)?;
         }
@@ -209,4 +301,58 @@ fn isolate(node: u64, n: u64) -> Result<()> {
         net::cut(o, &[node])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn clock_skew_targets_leaders_and_any_node_with_steps_both_ways() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let leaders = [(0, 2), (1, 2), (2, 3), (3, 1)];
+        let max = 600_000;
+        let (mut as_leader, mut as_any, mut ahead, mut behind, mut big) = (0, 0, 0, 0, 0);
+        for _ in 0..1_000 {
+            let s = choose_skew(&mut rng, 3, &leaders, max);
+            assert!((1..=3).contains(&s.node));
+            assert!(s.offset_ms != 0 && s.offset_ms.unsigned_abs() <= max);
+            match s.targeted_partition {
+                Some(p) => {
+                    as_leader += 1;
+                    assert!(leaders.contains(&(p, s.node)));
+                    assert!(s.leader_of.contains(&p));
+                }
+                None => as_any += 1,
+            }
+            let led: Vec<u32> = leaders
+                .iter()
+                .filter(|l| l.1 == s.node)
+                .map(|l| l.0)
+                .collect();
+            assert_eq!(s.leader_of, led);
+            if s.offset_ms > 0 {
+                ahead += 1;
+            } else {
+                behind += 1;
+            }
+            if s.offset_ms.unsigned_abs() > 300_000 {
+                big += 1;
+            }
+        }
+        for (what, n) in [
+            ("as leader", as_leader),
+            ("as any node", as_any),
+            ("ahead", ahead),
+            ("behind", behind),
+        ] {
+            assert!((400..=600).contains(&n), "{what}: {n} of 1000");
+        }
+        assert!(big > 300, "steps beyond 5 minutes: {big} of 1000");
+        // No known leader: any node.
+        let s = choose_skew(&mut rng, 5, &[], max);
+        assert_eq!((s.targeted_partition, s.leader_of.is_empty()), (None, true));
+    }
 }

@@ -50,51 +50,79 @@ fn client(endpoints: &[String]) -> Client {
     .expect("endpoints are valid")
 }
 
-fn fire_at_for(rng: &mut StdRng, now: u64) -> u64 {
+/// When a timer should fire, as the client asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// An absolute time, ms since the epoch.
+    At(u64),
+    /// A delay in ms, resolved by the node that accepts the request.
+    Delay(u64),
+}
+
+fn when_for(rng: &mut StdRng, now: u64) -> When {
     match rng.gen_range(0..100) {
-        0..=4 => now.saturating_sub(rng.gen_range(0..3_000)),
-        5..=79 => now + rng.gen_range(500..20_000),
-        80..=94 => now + rng.gen_range(20_000..60_000),
-        _ => now + FAR_FUTURE_MS + rng.gen_range(0..1_000_000),
+        0..=4 => When::At(now.saturating_sub(rng.gen_range(0..3_000))),
+        5..=44 => When::At(now + rng.gen_range(500..20_000)),
+        45..=79 => When::Delay(rng.gen_range(500..20_000)),
+        80..=94 => When::At(now + rng.gen_range(20_000..60_000)),
+        _ => When::At(now + FAR_FUTURE_MS + rng.gen_range(0..1_000_000)),
     }
 }
 
-async fn do_schedule(c: &Client, rec: &Recorder, process: &str, w: &str, t: &str, at: u64) -> Kind {
+/// The invocation records what the client asked for, on the harness's clock: the checker
+/// judges by that, never by the server's echo (recorded as `server_fire_at`).
+async fn do_schedule(
+    c: &Client,
+    rec: &Recorder,
+    process: &str,
+    w: &str,
+    t: &str,
+    when: When,
+) -> Kind {
     let key = format!("{w}/{t}");
-    rec.record(
-        Event::new(process, Kind::Invoke, "schedule")
-            .key(&key)
-            .fire_at(at),
-    );
+    let event = |kind: Kind| {
+        let e = Event::new(process, kind, "schedule").key(&key);
+        match when {
+            When::At(at) => e.fire_at(at),
+            When::Delay(ms) => e.delay_ms(ms),
+        }
+    };
+    let request_when = match when {
+        When::At(at) => v1::schedule_request::When::FireAt(prost_types::Timestamp {
+            seconds: (at / 1000) as i64,
+            nanos: ((at % 1000) * 1_000_000) as i32,
+        }),
+        When::Delay(ms) => v1::schedule_request::When::Delay(prost_types::Duration {
+            seconds: (ms / 1000) as i64,
+            nanos: ((ms % 1000) * 1_000_000) as i32,
+        }),
+    };
     let req = v1::ScheduleRequest {
         workflow_id: w.into(),
         timer_id: t.into(),
         queue: QUEUE.into(),
-        when: Some(v1::schedule_request::When::FireAt(prost_types::Timestamp {
-            seconds: (at / 1000) as i64,
-            nanos: ((at % 1000) * 1_000_000) as i32,
-        })),
+        when: Some(request_when),
         payload: key.clone().into_bytes(),
     };
-    let kind = match c.schedule(req).await {
-        Ok(_) => Kind::Ok,
-        Err(e) => {
-            let kind = classify(&e);
-            rec.record(
-                Event::new(process, kind.clone(), "schedule")
-                    .key(&key)
-                    .fire_at(at)
-                    .value(e.to_string()),
-            );
-            return kind;
+    rec.record(event(Kind::Invoke));
+    match c.schedule(req).await {
+        Ok(r) => {
+            let mut e = event(Kind::Ok);
+            e.server_fire_at = r.timer.as_ref().and_then(|t| ts(&t.fire_at));
+            rec.record(e);
+            Kind::Ok
         }
-    };
-    rec.record(
-        Event::new(process, Kind::Ok, "schedule")
-            .key(&key)
-            .fire_at(at),
-    );
-    kind
+        Err(e) => {
+            let mut kind = classify(&e);
+            // A retry of a delay that an earlier attempt already committed resolves to another
+            // fire_at and is refused as a conflict: the timer may exist.
+            if matches!(when, When::Delay(_)) && e.code() == Some(tonic::Code::AlreadyExists) {
+                kind = Kind::Info;
+            }
+            rec.record(event(kind.clone()).value(e.to_string()));
+            kind
+        }
+    }
 }
 
 async fn do_cancel(c: &Client, rec: &Recorder, process: &str, w: &str, t: &str) {
@@ -193,9 +221,14 @@ pub async fn clients(
                 } else {
                     let (w, t) = (format!("c{n}-w{}", i % 97), format!("t{i}"));
                     i += 1;
-                    let at = fire_at_for(&mut rng, now_ms());
-                    let kind = do_schedule(&c, &rec, &process, &w, &t, at).await;
+                    let when = when_for(&mut rng, now_ms());
+                    let kind = do_schedule(&c, &rec, &process, &w, &t, when).await;
                     if kind != Kind::Fail {
+                        // A delay is due at the latest its length after the answer.
+                        let at = match when {
+                            When::At(at) => at,
+                            When::Delay(ms) => now_ms() + ms,
+                        };
                         let mut k = known.lock().expect("known lock");
                         if at < now_ms() + FAR_FUTURE_MS / 2 {
                             k.last_due = k.last_due.max(at);
@@ -251,17 +284,31 @@ pub async fn worker(
                 d = tokio::time::timeout(Duration::from_millis(500), w.next()) => {
                     if stop.load(Ordering::Relaxed) { return; }
                     let Ok(Some(d)) = d else { continue };
+                    // The receive time is the event's time, taken here, before anything else.
                     let t = &d.timer;
                     let mut e = Event::new(&process, Kind::Deliver, "deliver").key(&format!("{}/{}", t.workflow_id, t.timer_id));
-                    e.fire_at = ts(&t.fire_at);
+                    e.server_fire_at = ts(&t.fire_at);
                     e.fired_at = ts(&t.fired_at);
                     e.delivered_at = ts(&t.delivered_at);
                     e.attempt = Some(t.attempt);
                     rec.record(e);
                     if slow {
-                        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
+                        // Slow to acknowledge (it holds its credits meanwhile), not slow to
+                        // receive: a sleep here would delay the receive times of the deliveries
+                        // queued behind this one and blame the harness's lag on the cluster.
+                        // Now and then past the cluster's 5 s ack timeout, for redeliveries.
+                        let wait = if rng.gen_bool(0.02) {
+                            Duration::from_millis(6_000)
+                        } else {
+                            Duration::from_millis(rng.gen_range(0..300))
+                        };
+                        tokio::spawn(async move {
+                            tokio::time::sleep(wait).await;
+                            d.ack();
+                        });
+                    } else {
+                        d.ack();
                     }
-                    d.ack();
                 }
             }
         }
