@@ -91,7 +91,12 @@ fn faketime_offset(offset_ms: i64) -> String {
 impl Cluster {
     /// Starts the cluster and waits until every partition has a leader.
     pub async fn start(opts: Options) -> Result<Cluster> {
-        let root = tempfile::Builder::new().prefix("hourglass-it-").tempdir()?;
+        // HOURGLASS_TEST_KEEP=1 keeps every node's data and log after the test, to inspect.
+        let keep = std::env::var_os("HOURGLASS_TEST_KEEP").is_some_and(|v| v == "1");
+        let root = tempfile::Builder::new()
+            .prefix("hourglass-it-")
+            .disable_cleanup(keep)
+            .tempdir()?;
         let ports: Vec<(u16, u16)> = (0..opts.nodes)
             .map(|_| (free_port(), free_port()))
             .collect();

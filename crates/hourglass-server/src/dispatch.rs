@@ -312,8 +312,10 @@ fn pump(
         let w = workers
             .get_mut(&worker_id)
             .expect("picked an existing worker");
-        let now_ms = clock();
         let r = &item.record;
+        // The node-wide cluster time is a lower bound that can trail the partition's own time
+        // by a round trip; a delivery never precedes its committed fire.
+        let now_ms = clock().max(r.fired_at_ms.unwrap_or(0));
         let delivery = v1::Delivery {
             workflow_id: r.key.workflow_id.clone(),
             timer_id: r.key.timer_id.clone(),

@@ -130,6 +130,24 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
             return;
         }
     }
+    // A node whose persisted vote names it leader resumes leading at restart without a new
+    // entry, and `ensure_linearizable` then only covers what it had applied before; entries
+    // committed before the crash (a `Fire` among them) would be applied after the state was
+    // read, and their timers never offered. Everything in the leader's log must be applied first.
+    let mut raft_metrics = group.metrics();
+    let target = raft_metrics.borrow().last_log_index;
+    loop {
+        let applied = raft_metrics.borrow().last_applied.map(|l| l.index);
+        if applied >= target {
+            break;
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            changed = raft_metrics.changed() => if changed.is_err() {
+                return;
+            }
+        }
+    }
     // The engine starts at the partition's high-water time or the cluster time, whichever is
     // later; without a majority of known clocks it waits.
     let high_water = match store.partition_state(partition) {
