@@ -52,6 +52,63 @@ fn docker_compose_describes_three_distinct_nodes() {
     assert!(dockerfile.contains("COPY --from=build /hourglass /usr/local/bin/hourglass"));
 }
 
+/// Each compose node's variables (the shared ones, its own and the image's `ENV`) make a valid
+/// configuration of that node.
+#[test]
+fn docker_compose_environment_is_a_valid_configuration() {
+    let text = std::fs::read_to_string(repo().join("deploy/docker/docker-compose.yml")).unwrap();
+    let doc: Value = serde_yaml::from_str(&text).unwrap();
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/docker/Dockerfile")).unwrap();
+    let image_env: Vec<(String, String)> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("ENV "))
+        .flat_map(|l| l.split_whitespace())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    assert!(image_env.iter().any(|(k, _)| k == "HOURGLASS_LISTEN"));
+    let strings = |map: &Value| -> Vec<(String, String)> {
+        map.as_mapping()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.as_str() != Some("<<"))
+            .map(|(k, v)| {
+                (
+                    k.as_str().unwrap().to_owned(),
+                    v.as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let shared = strings(&doc["x-node"]["environment"]);
+    for (name, service) in doc["services"].as_mapping().unwrap() {
+        let mut command = Command::new(hourglass_bin());
+        for (var, _) in std::env::vars() {
+            if var.starts_with("HOURGLASS_") {
+                command.env_remove(var);
+            }
+        }
+        let own = strings(&service["environment"]);
+        let out = command
+            .args(["serve", "--print-config"])
+            .envs(image_env.iter().chain(&shared).chain(&own).cloned())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed: toml::Table = String::from_utf8_lossy(&out.stdout).parse().unwrap();
+        let id = own.iter().find(|(k, _)| k == "HOURGLASS_NODE_ID").unwrap();
+        assert_eq!(printed["node_id"].to_string(), id.1);
+        assert_eq!(printed["peers"].as_array().unwrap().len(), 3);
+        assert_eq!(printed["data_dir"].as_str(), Some("/var/lib/hourglass"));
+    }
+}
+
 #[test]
 fn kubernetes_manifests_have_what_a_statefulset_needs() {
     let text = std::fs::read_to_string(repo().join("deploy/k8s/hourglass.yaml")).unwrap();

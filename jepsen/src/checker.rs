@@ -599,7 +599,7 @@ mod tests {
 
     #[test]
     fn the_injected_early_fire_is_caught() {
-        // What HOURGLASS_FAULT_EARLY_FIRE_MS=2000 does: every timer fired, delivered and
+        // What the early-fire fault (fault.early_fire = 2s) does: every timer fired, delivered and
         // received 2 s before its time.
         let mut h = healthy();
         for i in 0..10u64 {

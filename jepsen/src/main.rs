@@ -138,11 +138,11 @@ async fn run(args: RunArgs) -> Result<bool> {
     }
     let env = match args.inject_fault.as_deref() {
         None => Vec::new(),
-        Some("lose-fires") => vec![("HOURGLASS_FAULT_LOSE_FIRES".to_string(), "0.05".to_string())],
-        Some("early-fire") => vec![(
-            "HOURGLASS_FAULT_EARLY_FIRE_MS".to_string(),
-            "2000".to_string(),
+        Some("lose-fires") => vec![(
+            "HOURGLASS_FAULT__LOSE_FIRED_FRACTION".to_string(),
+            "0.05".to_string(),
         )],
+        Some("early-fire") => vec![("HOURGLASS_FAULT__EARLY_FIRE".to_string(), "2s".to_string())],
         Some(other) => bail!("unknown fault {other:?}; choose lose-fires or early-fire"),
     };
     let bin = args.bin.clone().unwrap_or_else(default_bin);

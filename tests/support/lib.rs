@@ -91,6 +91,17 @@ fn faketime_offset(offset_ms: i64) -> String {
 impl Cluster {
     /// Starts the cluster and waits until every partition has a leader.
     pub async fn start(opts: Options) -> Result<Cluster> {
+        let mut cluster = Cluster::prepare(opts)?;
+        for id in 1..=cluster.nodes.len() as u64 {
+            cluster.spawn(id)?;
+        }
+        cluster.wait_all_led(Duration::from_secs(60)).await?;
+        Ok(cluster)
+    }
+
+    /// Writes every node's configuration and data directory without starting any node; start
+    /// them with [`Cluster::spawn`].
+    pub fn prepare(opts: Options) -> Result<Cluster> {
         // HOURGLASS_TEST_KEEP=1 keeps every node's data and log after the test, to inspect.
         let keep = std::env::var_os("HOURGLASS_TEST_KEEP").is_some_and(|v| v == "1");
         let root = tempfile::Builder::new()
@@ -134,7 +145,7 @@ impl Cluster {
         if opts.faketime && !Path::new(LIBFAKETIME).exists() {
             bail!("{LIBFAKETIME} is missing: install faketime (deploy/install-deps.sh faketime)");
         }
-        let mut cluster = Cluster {
+        let cluster = Cluster {
             nodes,
             partitions: opts.partitions,
             faketime: opts.faketime,
@@ -145,10 +156,6 @@ impl Cluster {
                 cluster.write_clock(id, 0)?;
             }
         }
-        for id in 1..=opts.nodes as u64 {
-            cluster.spawn(id)?;
-        }
-        cluster.wait_all_led(Duration::from_secs(60)).await?;
         Ok(cluster)
     }
 
@@ -239,6 +246,22 @@ impl Cluster {
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
         Ok((code, body))
+    }
+
+    /// SIGTERM, as an orderly stop, without waiting for the process to exit.
+    pub fn terminate(&mut self, id: u64) -> Result<()> {
+        let child = self
+            .node_mut(id)
+            .child
+            .as_ref()
+            .context("node is not running")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed: {status}");
+        }
+        Ok(())
     }
 
     /// SIGKILL: no shutdown, no flush.
@@ -356,10 +379,9 @@ pub fn schedule_in(
         workflow_id: workflow.into(),
         timer_id: timer.into(),
         queue: String::new(),
-        when: Some(v1::schedule_request::When::Delay(prost_types::Duration {
-            seconds: delay.as_secs() as i64,
-            nanos: delay.subsec_nanos() as i32,
-        })),
+        when: Some(v1::schedule_request::When::Delay(
+            prost_types::Duration::try_from(delay).expect("a delay within i64 seconds"),
+        )),
         payload: payload.as_bytes().to_vec(),
     }
 }
@@ -488,10 +510,9 @@ pub fn schedule_at(
         workflow_id: workflow.into(),
         timer_id: timer.into(),
         queue: queue.into(),
-        when: Some(v1::schedule_request::When::FireAt(prost_types::Timestamp {
-            seconds: (at_ms / 1000) as i64,
-            nanos: ((at_ms % 1000) * 1_000_000) as i32,
-        })),
+        when: Some(v1::schedule_request::When::FireAt(
+            prost_types::Timestamp::from(std::time::UNIX_EPOCH + Duration::from_millis(at_ms)),
+        )),
         payload: payload.as_bytes().to_vec(),
     }
 }

@@ -4,6 +4,11 @@
 //! partition has no leader the cluster answers UNAVAILABLE: the client then retries, preferring
 //! the leader named in the answer, other endpoints otherwise, until its retry budget runs out.
 //! Schedule and cancel are idempotent (G6), so retrying an uncertain write is safe.
+//!
+//! What an answer says beyond its code is read from its standard `google.rpc` error details
+//! (see [`Error::details`]): the leader from `ErrorInfo` (`leader_address`), how long to wait
+//! from `RetryInfo`, the invalid field from `BadRequest`. Waits between retries grow
+//! exponentially with random jitter.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,16 +18,17 @@ use std::time::Duration;
 
 mod worker;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 pub use hourglass_proto::v1;
 use hourglass_proto::v1::admin_client::AdminClient;
 use hourglass_proto::v1::timers_client::TimersClient;
+use hourglass_proto::ERROR_DOMAIN;
+use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+pub use tonic_types::ErrorDetails;
+use tonic_types::StatusExt;
 pub use worker::{Delivery, Worker, WorkerOptions};
-
-/// Metadata key of the leader hint that nodes attach to UNAVAILABLE.
-const LEADER_HINT: &str = "x-hourglass-leader";
-const RETRY_AFTER_MS: &str = "x-hourglass-retry-after-ms";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -48,6 +54,87 @@ impl Error {
             _ => None,
         }
     }
+
+    /// The `google.rpc` error details of the cluster's answer (empty for other errors).
+    pub fn details(&self) -> ErrorDetails {
+        match self {
+            Error::Status(s) => s.get_error_details(),
+            _ => ErrorDetails::new(),
+        }
+    }
+
+    /// The request field an INVALID_ARGUMENT answer names (`BadRequest`).
+    pub fn field(&self) -> Option<String> {
+        self.details()
+            .bad_request()
+            .and_then(|b| b.field_violations.first())
+            .map(|v| v.field.clone())
+    }
+
+    /// Why the node refused (`ErrorInfo.reason`, e.g. `NOT_LEADER`).
+    pub fn reason(&self) -> Option<String> {
+        hints(&self.details()).reason
+    }
+}
+
+/// What an answer's details say about retrying it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Hints {
+    /// `ErrorInfo.reason` of an answer made by a node (domain [`ERROR_DOMAIN`]).
+    reason: Option<String>,
+    /// `HOST:PORT` of the partition's leader.
+    leader: Option<String>,
+    /// How long the node asked to wait.
+    retry_delay: Option<Duration>,
+}
+
+fn hints(details: &ErrorDetails) -> Hints {
+    let info = details.error_info().filter(|i| i.domain == ERROR_DOMAIN);
+    Hints {
+        reason: info.map(|i| i.reason.clone()),
+        leader: info
+            .and_then(|i| i.metadata.get("leader_address"))
+            .filter(|a| !a.is_empty())
+            .cloned(),
+        retry_delay: details.retry_info().and_then(|r| r.retry_delay),
+    }
+}
+
+/// Whether an answer is worth sending again (every call of the API is idempotent). A node's
+/// answer is retried when its code means "not now" (UNAVAILABLE, DEADLINE_EXCEEDED) or it
+/// asks to be retried (RetryInfo). An answer no node made (no ErrorInfo of ours: the
+/// connection broke, the stream was reset) is retried when its code says the call may not
+/// have been handled: UNKNOWN and INTERNAL too.
+fn retryable(code: Code, hints: &Hints) -> bool {
+    match code {
+        Code::Unavailable | Code::DeadlineExceeded => true,
+        _ if hints.retry_delay.is_some() => true,
+        Code::Unknown | Code::Internal => hints.reason.is_none(),
+        _ => false,
+    }
+}
+
+/// Waits between retries: exponential from 25 ms to 500 ms, each stretched by a random part of
+/// itself (so up to 1 s), so clients that failed together do not retry in lockstep.
+fn retry_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(25))
+        .with_max_delay(Duration::from_millis(500))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// A batch item's failure as the status a single call would have answered, details included.
+fn batch_status(e: v1::BatchError) -> Status {
+    let code = Code::from(e.code);
+    let details = tonic_types::Status {
+        code: e.code,
+        message: e.message.clone(),
+        details: e.details,
+    };
+    Status::with_details(code, e.message, details.encode_to_vec().into())
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -138,7 +225,8 @@ impl Client {
         let mut target = self.endpoints
             [self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()]
         .clone();
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = retry_backoff();
+        let mut following = retry_backoff();
         loop {
             let attempt =
                 tokio::time::timeout(self.retry.attempt_timeout, call(self.channel(&target)?))
@@ -151,36 +239,31 @@ impl Client {
                     self.retry.attempt_timeout
                 )),
             };
-            let retryable = matches!(
-                status.code(),
-                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
-            ) || (status.code() == Code::Internal
-                && status.message().contains("transport"));
-            if !retryable || tokio::time::Instant::now() + backoff > deadline {
+            let hints = hints(&status.get_error_details());
+            if !retryable(status.code(), &hints) {
                 return Err(status.into());
             }
-            let hint = status
-                .metadata()
-                .get(LEADER_HINT)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split_once('='))
-                .map(|(_, addr)| addr.to_owned());
-            let wait = status
-                .metadata()
-                .get(RETRY_AFTER_MS)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_millis)
-                .unwrap_or(backoff);
-            tracing::debug!(%target, code = ?status.code(), message = status.message(), "retrying");
-            target = match hint {
+            // A named leader is tried at once (after a short jittered pause), backing off only
+            // if hints keep coming; otherwise the next endpoint, no sooner than the node asked.
+            let follow = hints.leader.filter(|leader| *leader != target);
+            let wait = match &follow {
+                Some(_) => following.next(),
+                None => backoff
+                    .next()
+                    .map(|w| w.max(hints.retry_delay.unwrap_or_default())),
+            }
+            .unwrap_or(Duration::from_secs(1));
+            if tokio::time::Instant::now() + wait > deadline {
+                return Err(status.into());
+            }
+            tracing::debug!(%target, code = ?status.code(), message = status.message(), leader = ?follow, ?wait, "retrying");
+            target = match follow {
                 Some(leader) => leader,
                 None => self.endpoints
                     [self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()]
                 .clone(),
             };
-            tokio::time::sleep(wait.min(backoff)).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -193,8 +276,9 @@ impl Client {
     }
 
     /// Schedules many timers in one call (at most 1000), returning each one's outcome in
-    /// order. Timers whose partition answered UNAVAILABLE or DEADLINE_EXCEEDED are sent again
-    /// until the retry budget runs out; the others are final.
+    /// order. Timers whose partition answered "not now" (UNAVAILABLE, DEADLINE_EXCEEDED) are
+    /// sent again until the retry budget runs out; the others are final, each with the details
+    /// a single Schedule would have answered.
     pub async fn schedule_batch(
         &self,
         timers: Vec<v1::ScheduleRequest>,
@@ -203,8 +287,9 @@ impl Client {
         let mut outcomes: Vec<Option<Result<v1::ScheduleResponse>>> =
             timers.iter().map(|_| None).collect();
         let mut todo: Vec<usize> = (0..timers.len()).collect();
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = retry_backoff();
         while !todo.is_empty() {
+            let wait = backoff.next().unwrap_or(Duration::from_secs(1));
             let request = v1::ScheduleBatchRequest {
                 timers: todo.iter().map(|&i| timers[i].clone()).collect(),
             };
@@ -219,13 +304,13 @@ impl Client {
                 outcomes[i] = Some(match result.result {
                     Some(v1::schedule_batch_result::Result::Scheduled(r)) => Ok(r),
                     Some(v1::schedule_batch_result::Result::Error(e)) => {
-                        let code = Code::from(e.code);
-                        if matches!(code, Code::Unavailable | Code::DeadlineExceeded)
-                            && tokio::time::Instant::now() + backoff < deadline
+                        let status = batch_status(e);
+                        if retryable(status.code(), &hints(&status.get_error_details()))
+                            && tokio::time::Instant::now() + wait < deadline
                         {
                             again.push(i);
                         }
-                        Err(Status::new(code, e.message).into())
+                        Err(status.into())
                     }
                     None => Err(Status::internal(
                         "server answered a batch item without an outcome",
@@ -234,8 +319,7 @@ impl Client {
                 });
             }
             if !again.is_empty() {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                tokio::time::sleep(wait).await;
             }
             todo = again;
         }
@@ -313,5 +397,101 @@ impl Client {
                 .await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_answer(code: Code, details: ErrorDetails) -> Status {
+        Status::with_error_details(code, "m", details)
+    }
+
+    #[test]
+    fn hints_come_from_the_google_rpc_details() {
+        let mut details = ErrorDetails::new();
+        details.set_retry_info(Some(Duration::from_millis(200)));
+        details.set_error_info(
+            "NOT_LEADER",
+            ERROR_DOMAIN,
+            [
+                ("leader_id".to_string(), "2".to_string()),
+                ("leader_address".to_string(), "10.0.0.2:7002".to_string()),
+            ],
+        );
+        let status = node_answer(Code::Unavailable, details);
+        let h = hints(&status.get_error_details());
+        assert_eq!(h.leader.as_deref(), Some("10.0.0.2:7002"));
+        assert_eq!(h.retry_delay, Some(Duration::from_millis(200)));
+        assert_eq!(h.reason.as_deref(), Some("NOT_LEADER"));
+        assert!(retryable(status.code(), &h));
+
+        // Another domain's ErrorInfo is not ours to follow.
+        let mut details = ErrorDetails::new();
+        details.set_error_info(
+            "NOT_LEADER",
+            "example.com",
+            [("leader_address".to_string(), "evil:1".to_string())],
+        );
+        assert_eq!(hints(&details), Hints::default());
+
+        // Metadata is not read any more.
+        let mut status = Status::unavailable("m");
+        status
+            .metadata_mut()
+            .insert("x-hourglass-leader", "2=10.0.0.2:7002".parse().unwrap());
+        assert_eq!(hints(&status.get_error_details()).leader, None);
+    }
+
+    #[test]
+    fn retryability_follows_code_and_details_not_message_text() {
+        let mine = |reason: &str| {
+            let mut d = ErrorDetails::new();
+            d.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+            hints(&d)
+        };
+        let none = Hints::default();
+        assert!(retryable(Code::Unavailable, &none));
+        assert!(retryable(Code::DeadlineExceeded, &mine("COMMIT_TIMEOUT")));
+        // The connection broke: no node answered.
+        assert!(retryable(Code::Unknown, &none));
+        assert!(retryable(Code::Internal, &none));
+        // A node's own INTERNAL or INVALID_ARGUMENT is final, whatever its message says.
+        assert!(!retryable(Code::Internal, &mine("STORAGE")));
+        assert!(!retryable(Code::InvalidArgument, &mine("INVALID_FIELD")));
+        assert!(!retryable(Code::NotFound, &mine("TIMER_NOT_FOUND")));
+        assert!(!retryable(Code::ResourceExhausted, &none));
+        // Anything a node asks to be retried is.
+        let mut d = ErrorDetails::new();
+        d.set_retry_info(Some(Duration::from_millis(5)));
+        assert!(retryable(Code::ResourceExhausted, &hints(&d)));
+    }
+
+    #[test]
+    fn batch_items_keep_their_details() {
+        let mut details = ErrorDetails::new();
+        details.add_bad_request_violation("queue", "bad");
+        let single = node_answer(Code::InvalidArgument, details);
+        let item = v1::BatchError {
+            code: Code::InvalidArgument as i32,
+            message: "invalid queue: bad".into(),
+            details: tonic_types::Status::decode(single.details())
+                .unwrap()
+                .details,
+        };
+        let e = Error::from(batch_status(item));
+        assert_eq!(e.code(), Some(Code::InvalidArgument));
+        assert_eq!(e.field().as_deref(), Some("queue"));
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter() {
+        let waits: Vec<Duration> = retry_backoff().take(12).collect();
+        assert_eq!(waits.len(), 12);
+        assert!(waits[0] >= Duration::from_millis(25) && waits[0] < Duration::from_millis(50));
+        assert!(waits.iter().all(|w| *w < Duration::from_secs(1)));
+        assert!(waits[8..].iter().all(|w| *w >= Duration::from_millis(500)));
+        assert_ne!(waits, retry_backoff().take(12).collect::<Vec<_>>());
     }
 }

@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use hourglass_proto::v1;
 use hourglass_proto::v1::workers_client::WorkersClient;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::{channel_for, Client, Result};
+use crate::{channel_for, hints, Client, Result};
 
 /// How a worker subscribes.
 #[derive(Debug, Clone)]
@@ -135,16 +136,45 @@ async fn supervise(
     }
 }
 
+/// Waits before resubscribing to a node: exponential from 100 ms to 5 s, each stretched by a
+/// random part of itself, so the workers of a restarted node do not all return at once.
+fn resubscribe_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Keeps one subscription to one node alive.
 async fn subscribe_to(address: String, options: WorkerOptions, tx: mpsc::Sender<Delivery>) {
+    let mut backoff = resubscribe_backoff();
     loop {
-        if let Err(e) = stream_once(&address, &options, &tx).await {
-            tracing::debug!(%address, error = %e, "worker stream ended");
+        let mut connected = false;
+        let mut asked = None;
+        if let Err(e) = stream_once(&address, &options, &tx, &mut connected).await {
+            let code = e.code();
+            asked = hints(&e.details()).retry_delay;
+            if matches!(
+                code,
+                Some(tonic::Code::InvalidArgument | tonic::Code::Unimplemented)
+            ) {
+                tracing::warn!(%address, error = %e, "worker subscription refused");
+            } else {
+                tracing::debug!(%address, error = %e, "worker stream ended");
+            }
         }
         if tx.is_closed() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A stream that was up starts the waits over.
+        if connected {
+            backoff = resubscribe_backoff();
+        }
+        let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+        tokio::time::sleep(wait.max(asked.unwrap_or_default())).await;
     }
 }
 
@@ -152,6 +182,7 @@ async fn stream_once(
     address: &str,
     options: &WorkerOptions,
     tx: &mpsc::Sender<Delivery>,
+    connected: &mut bool,
 ) -> Result<()> {
     let channel = channel_for(address)?;
     let (out, out_rx) = mpsc::unbounded_channel();
@@ -167,6 +198,7 @@ async fn stream_once(
         .await
         .map_err(crate::Error::from)?
         .into_inner();
+    *connected = true;
     while let Some(timer) = inbound.message().await.map_err(crate::Error::from)? {
         let delivery = Delivery {
             timer,

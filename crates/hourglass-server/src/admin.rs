@@ -9,6 +9,7 @@ use hourglass_proto::v1;
 use hourglass_proto::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 
+use crate::error::Error;
 use crate::host::Host;
 
 pub struct AdminService {
@@ -30,18 +31,14 @@ impl Admin for AdminService {
         &self,
         _request: Request<v1::ClusterStatusRequest>,
     ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
-        let result = self.status().await;
-        self.host.metrics.request("ClusterStatus", &result);
-        result
+        self.status().await.map_err(Status::from)
     }
 }
 
 impl AdminService {
-    async fn status(&self) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+    async fn status(&self) -> Result<Response<v1::ClusterStatusResponse>, Error> {
         let host = &self.host;
-        let placement = host
-            .placement()
-            .ok_or_else(|| Status::unavailable("node is still starting: waiting for its peers"))?;
+        let placement = host.placement().ok_or(Error::Starting)?;
         let ids: Vec<u64> = host.config.peers.iter().map(|p| p.id).collect();
         let reports = futures::future::join_all(ids.iter().map(|&id| self.local_status(id))).await;
 

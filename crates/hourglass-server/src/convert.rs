@@ -6,6 +6,7 @@ use hourglass_types::{
     TimerRecord, TimerState, DEFAULT_QUEUE,
 };
 use prost_types::{Duration as PbDuration, Timestamp};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Timers further out than this are refused as input mistakes.
 const MAX_HORIZON_MS: u64 = 100 * 366 * 24 * 3600 * 1000;
@@ -19,37 +20,40 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A time in milliseconds since the epoch as a protobuf Timestamp.
 pub fn timestamp(ms: u64) -> Timestamp {
-    Timestamp {
-        seconds: (ms / 1000) as i64,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    }
+    Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
+/// Whole milliseconds of a duration; `None` beyond `u64` (half a billion years).
+fn whole_ms(d: Duration) -> Option<u64> {
+    u64::try_from(d.as_millis()).ok()
+}
+
+/// A request's Timestamp in milliseconds since the epoch. Only the normalized form the
+/// protobuf spec allows is accepted (nanos in 0..=999,999,999), so a time has one spelling.
 fn timestamp_ms(field: &'static str, t: &Timestamp) -> Result<u64, InputError> {
-    if t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos) {
-        return Err(InputError::invalid(
-            field,
-            "must be a valid time after 1970-01-01T00:00:00Z",
-        ));
+    let after_epoch =
+        || InputError::invalid(field, "must be a valid time after 1970-01-01T00:00:00Z");
+    if t.normalized() != *t {
+        return Err(after_epoch());
     }
-    (t.seconds as u64)
-        .checked_mul(1000)
-        .and_then(|ms| ms.checked_add((t.nanos / 1_000_000) as u64))
-        .ok_or_else(|| InputError::invalid(field, "is more than 100 years ahead"))
+    let since_epoch = SystemTime::try_from(*t)
+        .map_err(|_| InputError::invalid(field, "is more than 100 years ahead"))?
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| after_epoch())?;
+    whole_ms(since_epoch).ok_or_else(|| InputError::invalid(field, "is more than 100 years ahead"))
 }
 
+/// A request's Duration in milliseconds. Only the normalized form the protobuf spec allows is
+/// accepted (nanos in 0..=999,999,999 with the sign of seconds).
 fn duration_ms(field: &'static str, d: &PbDuration) -> Result<u64, InputError> {
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(InputError::invalid(
-            field,
-            "must be a non-negative duration",
-        ));
+    let non_negative = || InputError::invalid(field, "must be a non-negative duration");
+    if d.normalized() != *d {
+        return Err(non_negative());
     }
-    (d.seconds as u64)
-        .checked_mul(1000)
-        .and_then(|ms| ms.checked_add((d.nanos / 1_000_000) as u64))
-        .ok_or_else(|| InputError::invalid(field, "is more than 100 years ahead"))
+    let d = Duration::try_from(*d).map_err(|_| non_negative())?;
+    whole_ms(d).ok_or_else(|| InputError::invalid(field, "is more than 100 years ahead"))
 }
 
 pub fn timer_key(workflow_id: String, timer_id: String) -> Result<TimerKey, InputError> {
@@ -261,6 +265,48 @@ mod tests {
             )),
             "workflow_id"
         );
+    }
+
+    /// Times too large for milliseconds in a u64 are refused by the field, never wrapped.
+    #[test]
+    fn huge_and_non_normalized_times_are_refused() {
+        let l = Limits::default();
+        let with = |when| v1::ScheduleRequest {
+            when: Some(when),
+            ..req()
+        };
+        let huge = (1i64 << 62, 999_999_999);
+        let fire_at = v1::schedule_request::When::FireAt(Timestamp {
+            seconds: huge.0,
+            nanos: huge.1,
+        });
+        assert_eq!(field_of(schedule_command(with(fire_at), &l, 5)), "fire_at");
+        let delay = v1::schedule_request::When::Delay(PbDuration {
+            seconds: huge.0,
+            nanos: huge.1,
+        });
+        assert_eq!(field_of(schedule_command(with(delay), &l, 5)), "delay");
+        let max = v1::schedule_request::When::FireAt(Timestamp {
+            seconds: i64::MAX,
+            nanos: 999_999_999,
+        });
+        assert_eq!(field_of(schedule_command(with(max), &l, 5)), "fire_at");
+        for nanos in [-1, 1_000_000_000] {
+            let t = v1::schedule_request::When::FireAt(Timestamp { seconds: 5, nanos });
+            assert_eq!(field_of(schedule_command(with(t), &l, 5)), "fire_at");
+            let d = v1::schedule_request::When::Delay(PbDuration { seconds: 5, nanos });
+            assert_eq!(field_of(schedule_command(with(d), &l, 5)), "delay");
+        }
+        // Milliseconds survive the round trip through the protobuf types.
+        let at = 1_700_000_000_123;
+        let t = timestamp(at);
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
+        assert_eq!(timestamp_ms("fire_at", &t).unwrap(), at);
+        let d = PbDuration {
+            seconds: 3,
+            nanos: 7_500_000,
+        };
+        assert_eq!(duration_ms("delay", &d).unwrap(), 3_007);
     }
 
     #[test]

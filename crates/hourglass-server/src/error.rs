@@ -53,6 +53,21 @@ pub enum Error {
     Raft(String),
     #[error("transport: {0}")]
     Transport(String),
+    /// The node has not finished starting (it waits for its peers); retryable.
+    #[error("node is still starting: waiting for its peers")]
+    Starting,
+    /// A request forwarded to `node` failed there or on the way.
+    #[error("forwarded to node {node}: {}", .status.message())]
+    Forwarded {
+        node: NodeId,
+        status: Box<tonic::Status>,
+    },
+    /// A client's request stream failed.
+    #[error("request stream: {}", .0.message())]
+    Stream(Box<tonic::Status>),
+    /// A broken invariant of this node: a bug.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use hourglass_proto::internal::HelloRequest;
-use hourglass_storage::{ClusterMeta, LogSyncer, Store, SyncStats, TimerEvents};
+use hourglass_storage::{ClusterMeta, LogSyncer, Store, TimerEvents};
 use hourglass_types::{NodeId, Placement, TypeConfig};
 use openraft::{BasicNode, Raft};
 use tracing::{info, warn, Instrument};
@@ -46,9 +47,6 @@ pub struct Host {
     groups: OnceLock<HashMap<u32, GroupSlot>>,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
-    /// Counters of the node's log writer. Only the groups hold the writer itself, so that it
-    /// (and the database it uses) ends when they shut down.
-    pub syncer_stats: OnceLock<Arc<SyncStats>>,
     /// Cluster time: this node's clock checked against its peers'.
     pub clock: Arc<NodeClock>,
     stopping: AtomicBool,
@@ -88,7 +86,6 @@ impl Host {
             clock,
             metrics,
             stopping: AtomicBool::new(false),
-            syncer_stats: OnceLock::new(),
             config,
         };
         if let Some(meta) = host.store.cluster_meta()? {
@@ -231,7 +228,9 @@ impl Host {
             );
         }
         let syncer = LogSyncer::start(&self.store);
-        let _ = self.syncer_stats.set(syncer.stats());
+        // Only the groups hold the writer itself, so that it (and the database it uses) ends
+        // when they shut down; the metrics keep its counters.
+        self.metrics.count_wal(syncer.stats());
         let mut groups = HashMap::new();
         for partition in meta.placement.partitions_of(self.node_id) {
             let network = GroupNetworkFactory {
@@ -392,6 +391,7 @@ impl Host {
             .collect();
         let mut answered: BTreeMap<NodeId, bool> = BTreeMap::new();
         let mut waits = 0u32;
+        let mut backoff = peer_backoff();
         loop {
             for &peer in &others {
                 if answered.contains_key(&peer) {
@@ -439,7 +439,7 @@ impl Host {
                 );
             }
             waits += 1;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(next_wait(&mut backoff)).await;
         }
     }
 
@@ -525,7 +525,11 @@ impl Host {
 
     async fn wait_ready(&self, replicas: &[NodeId]) {
         for &peer in replicas.iter().filter(|&&p| p != self.node_id) {
+            let mut backoff = peer_backoff();
             loop {
+                if self.stopping.load(Ordering::Relaxed) {
+                    return;
+                }
                 if let Some(mut client) = self.peers.transport(peer) {
                     let req = HelloRequest {
                         from_node: self.node_id,
@@ -537,7 +541,7 @@ impl Host {
                         }
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                tokio::time::sleep(next_wait(&mut backoff)).await;
             }
         }
     }
@@ -552,6 +556,26 @@ impl Host {
     }
 }
 
+/// Waits between attempts to reach peers that are still starting: exponential from 100 ms to
+/// 1 s, each wait stretched by a random part of itself (up to twice as long) so nodes started
+/// together do not ask in lockstep.
+fn peer_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(PEER_WAIT_MIN)
+        .with_max_delay(PEER_WAIT_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+const PEER_WAIT_MIN: Duration = Duration::from_millis(100);
+const PEER_WAIT_MAX: Duration = Duration::from_secs(1);
+
+fn next_wait(backoff: &mut impl Iterator<Item = Duration>) -> Duration {
+    backoff.next().unwrap_or(PEER_WAIT_MAX)
+}
+
 /// Asks an engine to stop; one stuck waiting on a quorum is aborted (its cleanup still runs).
 async fn stop_engine(
     stop: tokio::sync::watch::Sender<bool>,
@@ -564,5 +588,22 @@ async fn stop_engine(
     {
         task.abort();
         let _ = task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_waits_grow_with_jitter_and_stay_bounded() {
+        let waits: Vec<Duration> = peer_backoff().take(40).collect();
+        assert_eq!(waits.len(), 40, "the waits never run out");
+        assert!(waits[0] >= PEER_WAIT_MIN && waits[0] < 2 * PEER_WAIT_MIN);
+        assert!(waits.iter().all(|w| *w < 2 * PEER_WAIT_MAX), "{waits:?}");
+        assert!(waits[10..].iter().all(|w| *w >= PEER_WAIT_MAX), "{waits:?}");
+        // Jittered: two nodes starting together wait differently.
+        let other: Vec<Duration> = peer_backoff().take(40).collect();
+        assert_ne!(waits, other);
     }
 }

@@ -22,11 +22,6 @@ async fn metrics(
     State(host): State<Arc<Host>>,
 ) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
     let m = &host.metrics;
-    if let Some(stats) = host.syncer_stats.get() {
-        let (fsyncs, appends) = stats.get();
-        m.wal_fsyncs.set(fsyncs as i64);
-        m.wal_appends.set(appends as i64);
-    }
     for (partition, group) in host.groups() {
         let label = partition.to_string();
         if let Ok(state) = host.store.partition_state(partition) {

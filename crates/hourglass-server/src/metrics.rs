@@ -1,11 +1,21 @@
 //! Every metric a node exports, defined in this one place, and their Prometheus text at
 //! `/metrics`. One registry per node, so nodes sharing a process (`hourglass dev`) report
-//! separately.
+//! separately. Public RPCs are counted by one tower layer on the gRPC server,
+//! [`CountRequestsLayer`]; the log writer's work by a collector reading its counters.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use hourglass_storage::SyncStats;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
+use tonic::codegen::http;
 
 pub struct Metrics {
     registry: Registry,
@@ -24,8 +34,8 @@ pub struct Metrics {
     pub raft_snapshots: IntCounter,
     pub grpc_requests: IntCounterVec,
     pub workers_connected: IntGauge,
-    pub wal_fsyncs: IntGauge,
-    pub wal_appends: IntGauge,
+    /// The node's log writer, whose counters `/metrics` reports; set once it starts.
+    wal: Arc<OnceLock<Arc<SyncStats>>>,
     pub clock_offset: GaugeVec,
     pub clock_out_of_bounds: IntGauge,
     pub clock_probe_failures: IntCounter,
@@ -92,7 +102,11 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(clock_offset.clone()))
             .expect("metric registered once");
+        let wal = Arc::new(OnceLock::new());
+        r.register(Box::new(WalCounters::new(Arc::clone(&wal))))
+            .expect("metric registered once");
         Metrics {
+            wal,
             clock_offset,
             clock_out_of_bounds: gauge(
                 r,
@@ -170,12 +184,6 @@ impl Metrics {
                 "raft_snapshots_total",
                 "Snapshots built or installed by this node's groups.",
             ),
-            wal_fsyncs: gauge(r, "wal_fsyncs", "WAL fsyncs since the node started."),
-            wal_appends: gauge(
-                r,
-                "wal_appends",
-                "Raft log appends made durable since the node started; divided by wal_fsyncs, appends per fsync.",
-            ),
             grpc_requests,
             workers_connected: gauge(r, "workers_connected", "Worker streams connected to this node."),
             registry,
@@ -183,14 +191,15 @@ impl Metrics {
     }
 
     /// Counts one public request with its outcome.
-    pub fn request<T>(&self, method: &str, result: &Result<T, tonic::Status>) {
-        let code = match result {
-            Ok(_) => tonic::Code::Ok,
-            Err(s) => s.code(),
-        };
+    pub fn request(&self, method: &str, code: tonic::Code) {
         self.grpc_requests
             .with_label_values(&[method, &format!("{code:?}")])
             .inc();
+    }
+
+    /// Reports the work of the node's log writer from now on.
+    pub fn count_wal(&self, stats: Arc<SyncStats>) {
+        let _ = self.wal.set(stats);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -200,5 +209,244 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding into memory cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+/// `wal_fsyncs_total` and `wal_appends_total`: counters of the log writer (`LogSyncer`), which
+/// counts in its own thread without knowing of Prometheus; read at each scrape.
+struct WalCounters {
+    source: Arc<OnceLock<Arc<SyncStats>>>,
+    fsyncs: IntCounter,
+    appends: IntCounter,
+    /// Serializes scrapes, so two cannot add the same increase twice.
+    update: Mutex<()>,
+}
+
+impl WalCounters {
+    fn new(source: Arc<OnceLock<Arc<SyncStats>>>) -> Self {
+        WalCounters {
+            source,
+            fsyncs: IntCounter::new("wal_fsyncs_total", "WAL fsyncs since the node started.")
+                .expect("valid metric"),
+            appends: IntCounter::new(
+                "wal_appends_total",
+                "Raft log appends made durable since the node started; per fsync, how many appends one fsync covered.",
+            )
+            .expect("valid metric"),
+            update: Mutex::new(()),
+        }
+    }
+}
+
+impl Collector for WalCounters {
+    fn desc(&self) -> Vec<&Desc> {
+        self.fsyncs
+            .desc()
+            .into_iter()
+            .chain(self.appends.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        if let Some(stats) = self.source.get() {
+            let _update = self.update.lock().unwrap_or_else(|e| e.into_inner());
+            let (fsyncs, appends) = stats.get();
+            // The writer's totals only grow: the counters follow them.
+            self.fsyncs.inc_by(fsyncs.saturating_sub(self.fsyncs.get()));
+            self.appends
+                .inc_by(appends.saturating_sub(self.appends.get()));
+        }
+        let mut families = self.fsyncs.collect();
+        families.extend(self.appends.collect());
+        families
+    }
+}
+
+/// The package whose services [`CountRequestsLayer`] counts.
+const PUBLIC_PACKAGE: &str = "/hourglass.v1.";
+
+/// A tower layer for the gRPC server counting every call of the public services
+/// (`hourglass.v1.*`) in `grpc_requests_total{method, code}`. The code is the handler's
+/// answer: an error status, or OK once a response (for Subscribe, the stream) is under way.
+/// Health, reflection and the internal transport are not counted.
+#[derive(Clone)]
+pub struct CountRequestsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl CountRequestsLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        CountRequestsLayer { metrics }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for CountRequestsLayer {
+    type Service = CountRequests<S>;
+
+    fn layer(&self, inner: S) -> CountRequests<S> {
+        CountRequests {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CountRequests<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for CountRequests<S>
+where
+    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let method = public_method(request.uri().path()).map(str::to_owned);
+        let answer = self.inner.call(request);
+        let Some(method) = method else {
+            return Box::pin(answer);
+        };
+        let metrics = Arc::clone(&self.metrics);
+        Box::pin(async move {
+            let answer = answer.await;
+            let code = match &answer {
+                Ok(response) => response_code(response),
+                Err(_) => tonic::Code::Unknown,
+            };
+            // Unknown methods are answered UNIMPLEMENTED: one label for all of them, so no
+            // caller can grow the metric without bound.
+            let method = if code == tonic::Code::Unimplemented {
+                "unimplemented"
+            } else {
+                method.as_str()
+            };
+            metrics.request(method, code);
+            answer
+        })
+    }
+}
+
+/// `Schedule` for `/hourglass.v1.Timers/Schedule`; `None` outside the public package.
+fn public_method(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix(PUBLIC_PACKAGE)?;
+    let (_service, method) = rest.split_once('/')?;
+    Some(method)
+}
+
+/// The status of a gRPC response from its headers: an error answer is "trailers-only", its
+/// `grpc-status` in the headers; a response without one is under way, OK so far.
+fn response_code<B>(response: &http::Response<B>) -> tonic::Code {
+    if response.status() != http::StatusCode::OK {
+        return tonic::Code::Unknown;
+    }
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+        .unwrap_or(tonic::Code::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    fn scrape(m: &Metrics) -> String {
+        m.render()
+    }
+
+    #[tokio::test]
+    async fn the_layer_counts_public_calls_by_method_and_code() {
+        let metrics = Arc::new(Metrics::new(1));
+        let inner = tower_service_fn(|request: http::Request<()>| {
+            let status = match request.uri().path() {
+                "/hourglass.v1.Timers/Get" => None,
+                "/hourglass.v1.Timers/Cancel" => Some("5"),
+                _ => Some("12"),
+            };
+            let mut response = http::Response::new(());
+            if let Some(code) = status {
+                response
+                    .headers_mut()
+                    .insert("grpc-status", code.parse().unwrap());
+            }
+            response
+        });
+        let mut service = CountRequestsLayer::new(Arc::clone(&metrics)).layer(inner);
+        for path in [
+            "/hourglass.v1.Timers/Get",
+            "/hourglass.v1.Timers/Get",
+            "/hourglass.v1.Timers/Cancel",
+            "/hourglass.v1.Timers/NoSuchMethod",
+            "/hourglass.internal.v1.RaftTransport/Vote",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            let request = http::Request::builder().uri(path).body(()).unwrap();
+            service.call(request).await.unwrap();
+        }
+        let text = scrape(&metrics);
+        assert!(
+            text.contains(r#"hourglass_grpc_requests_total{code="Ok",method="Get",node_id="1"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"hourglass_grpc_requests_total{code="NotFound",method="Cancel",node_id="1"} 1"#
+        ));
+        assert!(text.contains(
+            r#"hourglass_grpc_requests_total{code="Unimplemented",method="unimplemented",node_id="1"} 1"#
+        ));
+        assert!(!text.contains("Vote") && !text.contains("Check"), "{text}");
+    }
+
+    #[test]
+    fn wal_figures_are_counters() {
+        let metrics = Metrics::new(1);
+        let text = scrape(&metrics);
+        assert!(
+            text.contains("# TYPE hourglass_wal_fsyncs_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE hourglass_wal_appends_total counter"));
+        assert!(text.contains("hourglass_wal_fsyncs_total{node_id=\"1\"} 0"));
+    }
+
+    /// A service answering each request with `f`.
+    fn tower_service_fn<F>(f: F) -> ServiceFn<F> {
+        ServiceFn(f)
+    }
+
+    #[derive(Clone)]
+    struct ServiceFn<F>(F);
+
+    impl<F, Req, Res> Service<Req> for ServiceFn<F>
+    where
+        F: FnMut(Req) -> Res,
+    {
+        type Response = Res;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Res, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Req) -> Self::Future {
+            std::future::ready(Ok((self.0)(request)))
+        }
     }
 }

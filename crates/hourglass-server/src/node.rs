@@ -1,4 +1,10 @@
 //! A running node: its host, its gRPC port and its HTTP port.
+//!
+//! Besides the public services and the internal transport, the gRPC port serves the standard
+//! `grpc.health.v1.Health` (a status per public service and `""` for the node: NOT_SERVING
+//! while starting and shutting down, SERVING in between) and server reflection
+//! (`grpc.reflection.v1` and `v1alpha`) of the public API only, so `grpcurl` and
+//! `grpc_health_probe` work without the proto files.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,12 +16,16 @@ use hourglass_proto::v1::workers_server::WorkersServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 use tracing::{error, info};
 
 use crate::admin::AdminService;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::host::Host;
+use crate::metrics::CountRequestsLayer;
 use crate::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::timers::TimersService;
 use crate::transport::TransportService;
@@ -24,8 +34,50 @@ use crate::workers::WorkersService;
 pub struct Node {
     host: Arc<Host>,
     grpc_addr: SocketAddr,
+    health: HealthReporter,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// The names `grpc.health.v1.Health` answers for: the node (`""`) and each public service.
+pub const HEALTH_SERVICES: [&str; 4] = [
+    "",
+    <TimersServer<TimersService> as NamedService>::NAME,
+    <WorkersServer<WorkersService> as NamedService>::NAME,
+    <AdminServer<AdminService> as NamedService>::NAME,
+];
+
+async fn set_health(health: &mut HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Server reflection of the public API and the health service, in both protocol versions
+/// (grpcurl before 1.9 speaks only v1alpha). The internal transport is not described.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    Error,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(hourglass_proto::PUBLIC_FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc's error details (messages only), so tools can print them.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let invalid = |e: tonic_reflection::server::Error| Error::Internal(format!("reflection: {e}"));
+    Ok((
+        builder().build_v1().map_err(invalid)?,
+        builder().build_v1alpha().map_err(invalid)?,
+    ))
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
@@ -47,9 +99,16 @@ impl Node {
         })?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
+        let (mut health, health_service) = tonic_health::server::health_reporter();
+        set_health(&mut health, ServingStatus::NotServing).await;
+        let (reflection_v1, reflection_v1alpha) = reflection()?;
 
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(CountRequestsLayer::new(Arc::clone(&host.metrics)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(TimersServer::new(TimersService::new(Arc::clone(&host))))
             .add_service(AdminServer::new(AdminService {
                 host: Arc::clone(&host),
@@ -95,9 +154,10 @@ impl Node {
         }
 
         host.start_clock();
-        let node = Node {
+        let mut node = Node {
             host,
             grpc_addr,
+            health,
             stop,
             tasks,
         };
@@ -105,6 +165,7 @@ impl Node {
             node.shutdown().await;
             return Err(e);
         }
+        set_health(&mut node.health, ServingStatus::Serving).await;
         info!(node_id = config.node_id, grpc = %grpc_addr, http = ?config.http_listen, "node started");
         Ok(node)
     }
@@ -118,9 +179,15 @@ impl Node {
     }
 
     /// Stops serving and shuts the Raft groups down.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        set_health(&mut self.health, ServingStatus::NotServing).await;
         let _ = self.stop.send(true);
         self.host.shutdown().await;
+        // Ends open Health.Watch streams (after they saw NOT_SERVING): the server's graceful
+        // shutdown waits for every open stream.
+        for service in HEALTH_SERVICES {
+            self.health.clear_service_status(service).await;
+        }
         for t in self.tasks {
             let _ = t.await;
         }

@@ -56,10 +56,7 @@ impl Router {
                 None => Err(self.unavailable(partition, "no leader elected yet", None)),
             };
         }
-        let placement = self
-            .host
-            .placement()
-            .ok_or_else(|| self.unavailable(partition, "node is still starting", None))?;
+        let placement = self.host.placement().ok_or(Error::Starting)?;
         let replicas = placement
             .replicas
             .get(partition as usize)

@@ -38,13 +38,13 @@ impl TimersService {
         partition_for(workflow_id, self.router.host.config.partitions)
     }
 
-    fn client(&self, node: u64) -> Result<TimersClient<tonic::transport::Channel>, Status> {
+    fn client(&self, node: u64) -> Result<TimersClient<tonic::transport::Channel>, Error> {
         self.router
             .host
             .peers
             .channel(node)
             .map(TimersClient::new)
-            .ok_or_else(|| Status::internal(format!("node {node} is not a configured peer")))
+            .ok_or_else(|| Error::Internal(format!("node {node} is not a configured peer")))
     }
 
     /// The same request, marked as forwarded once more, with the node's own deadline.
@@ -64,7 +64,7 @@ impl TimersService {
         &self,
         outcome: CommandResponse,
         partition: u32,
-    ) -> Result<v1::ScheduleResponse, Status> {
+    ) -> Result<v1::ScheduleResponse, Error> {
         match outcome {
             CommandResponse::Scheduled { timer, created } => {
                 if created {
@@ -79,9 +79,8 @@ impl TimersService {
                 "timer {:?}/{:?} already exists with a different definition (queue {:?}, fire_at {} ms); \
                  schedule under another timer_id",
                 existing.key.workflow_id, existing.key.timer_id, existing.definition.queue, existing.fire_at_ms
-            ))
-            .into()),
-            other => Err(Status::internal(format!("unexpected schedule outcome {other:?}"))),
+            ))),
+            other => Err(Error::Internal(format!("unexpected schedule outcome {other:?}"))),
         }
     }
 
@@ -95,15 +94,16 @@ impl TimersService {
         received_at_ms: u64,
     ) -> Vec<(usize, v1::ScheduleBatchResult)> {
         let fail_all = |items: &[(usize, v1::ScheduleRequest, TimerKey, TimerDefinition)],
-                        status: Status| {
+                        e: Error| {
+            let error = v1::BatchError::from(e);
             items
                 .iter()
-                .map(|(i, ..)| (*i, batch_error(&status)))
+                .map(|(i, ..)| (*i, batch_result(error.clone())))
                 .collect::<Vec<_>>()
         };
         let target = match self.router.target(partition, hops) {
             Ok(t) => t,
-            Err(e) => return fail_all(&items, e.into()),
+            Err(e) => return fail_all(&items, e),
         };
         match target {
             Target::Remote(node) => {
@@ -111,8 +111,14 @@ impl TimersService {
                     timers: items.iter().map(|(_, r, ..)| r.clone()).collect(),
                 };
                 let answer = match self.client(node) {
-                    Ok(mut client) => client.schedule_batch(self.forwarded(request, hops)).await,
-                    Err(status) => Err(status),
+                    Ok(mut client) => client
+                        .schedule_batch(self.forwarded(request, hops))
+                        .await
+                        .map_err(|status| Error::Forwarded {
+                            node,
+                            status: Box::new(status),
+                        }),
+                    Err(e) => Err(e),
                 };
                 match answer {
                     Ok(response) => items
@@ -120,7 +126,7 @@ impl TimersService {
                         .map(|(i, ..)| *i)
                         .zip(response.into_inner().results)
                         .collect(),
-                    Err(status) => fail_all(&items, status),
+                    Err(e) => fail_all(&items, e),
                 }
             }
             Target::Local(group) => {
@@ -138,7 +144,7 @@ impl TimersService {
                         .map(|((i, ..), outcome)| {
                             let result = match self.schedule_outcome(outcome, partition) {
                                 Ok(r) => v1::schedule_batch_result::Result::Scheduled(r),
-                                Err(status) => return (*i, batch_error(&status)),
+                                Err(e) => return (*i, batch_result(e.into())),
                             };
                             (
                                 *i,
@@ -150,9 +156,9 @@ impl TimersService {
                         .collect(),
                     Ok(other) => fail_all(
                         &items,
-                        Status::internal(format!("unexpected batch outcome {other:?}")),
+                        Error::Internal(format!("unexpected batch outcome {other:?}")),
                     ),
-                    Err(e) => fail_all(&items, e.into()),
+                    Err(e) => fail_all(&items, e),
                 }
             }
         }
@@ -161,15 +167,14 @@ impl TimersService {
     async fn do_schedule_batch(
         &self,
         request: Request<v1::ScheduleBatchRequest>,
-    ) -> Result<Response<v1::ScheduleBatchResponse>, Status> {
+    ) -> Result<Response<v1::ScheduleBatchResponse>, Error> {
         let hops = hops(&request);
         let timers = request.into_inner().timers;
         if timers.len() > MAX_BATCH {
             return Err(Error::from(hourglass_types::Error::invalid(
                 "timers",
                 format!("has {} items, at most {MAX_BATCH} allowed", timers.len()),
-            ))
-            .into());
+            )));
         }
         let now = self.router.host.cluster_now()?;
         let mut results: Vec<Option<v1::ScheduleBatchResult>> = vec![None; timers.len()];
@@ -183,11 +188,11 @@ impl TimersService {
                     .or_default()
                     .push((i, item, key, definition)),
                 Ok(other) => {
-                    results[i] = Some(batch_error(&Status::internal(format!(
-                        "unexpected command {other}"
-                    ))))
+                    results[i] = Some(batch_result(
+                        Error::Internal(format!("unexpected command {other}")).into(),
+                    ))
                 }
-                Err(e) => results[i] = Some(batch_error(&Error::from(e).into())),
+                Err(e) => results[i] = Some(batch_result(Error::from(e).into())),
             }
         }
         let done = futures::future::join_all(
@@ -202,19 +207,26 @@ impl TimersService {
         Ok(Response::new(v1::ScheduleBatchResponse {
             results: results
                 .into_iter()
-                .map(|r| r.unwrap_or_else(|| batch_error(&Status::internal("no outcome"))))
+                .map(|r| {
+                    r.unwrap_or_else(|| batch_result(Error::Internal("no outcome".into()).into()))
+                })
                 .collect(),
         }))
     }
 }
 
-fn batch_error(status: &Status) -> v1::ScheduleBatchResult {
+fn batch_result(error: v1::BatchError) -> v1::ScheduleBatchResult {
     v1::ScheduleBatchResult {
-        result: Some(v1::schedule_batch_result::Result::Error(v1::BatchError {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
-        })),
+        result: Some(v1::schedule_batch_result::Result::Error(error)),
     }
+}
+
+/// The answer of the node a request was forwarded to; its failures keep that node's status.
+fn forwarded<T>(node: u64, answer: Result<Response<T>, Status>) -> Result<Response<T>, Error> {
+    answer.map_err(|status| Error::Forwarded {
+        node,
+        status: Box::new(status),
+    })
 }
 
 fn hops<T>(req: &Request<T>) -> u32 {
@@ -231,45 +243,35 @@ impl Timers for TimersService {
         &self,
         request: Request<v1::ScheduleRequest>,
     ) -> Result<Response<v1::ScheduleResponse>, Status> {
-        let result = self.do_schedule(request).await;
-        self.router.host.metrics.request("Schedule", &result);
-        result
+        self.do_schedule(request).await.map_err(Status::from)
     }
 
     async fn cancel(
         &self,
         request: Request<v1::CancelRequest>,
     ) -> Result<Response<v1::CancelResponse>, Status> {
-        let result = self.do_cancel(request).await;
-        self.router.host.metrics.request("Cancel", &result);
-        result
+        self.do_cancel(request).await.map_err(Status::from)
     }
 
     async fn get(
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
-        let result = self.do_get(request).await;
-        self.router.host.metrics.request("Get", &result);
-        result
+        self.do_get(request).await.map_err(Status::from)
     }
 
     async fn list(
         &self,
         request: Request<v1::ListRequest>,
     ) -> Result<Response<v1::ListResponse>, Status> {
-        let result = self.do_list(request).await;
-        self.router.host.metrics.request("List", &result);
-        result
+        self.do_list(request).await.map_err(Status::from)
     }
 
     async fn schedule_batch(
         &self,
         request: Request<v1::ScheduleBatchRequest>,
     ) -> Result<Response<v1::ScheduleBatchResponse>, Status> {
-        let result = self.do_schedule_batch(request).await;
-        self.router.host.metrics.request("ScheduleBatch", &result);
-        result
+        self.do_schedule_batch(request).await.map_err(Status::from)
     }
 }
 
@@ -278,7 +280,7 @@ impl TimersService {
     async fn do_schedule(
         &self,
         request: Request<v1::ScheduleRequest>,
-    ) -> Result<Response<v1::ScheduleResponse>, Status> {
+    ) -> Result<Response<v1::ScheduleResponse>, Error> {
         let hops = hops(&request);
         let message = request.into_inner();
         let partition = self.partition(&message.workflow_id);
@@ -288,9 +290,11 @@ impl TimersService {
             convert::schedule_command(message.clone(), &self.limits, now).map_err(Error::from)?;
         match self.router.target(partition, hops)? {
             Target::Remote(node) => {
-                self.client(node)?
+                let answer = self
+                    .client(node)?
                     .schedule(self.forwarded(message, hops))
-                    .await
+                    .await;
+                forwarded(node, answer)
             }
             Target::Local(group) => {
                 let outcome = self.router.commit(partition, group, command).await?;
@@ -303,7 +307,7 @@ impl TimersService {
     async fn do_cancel(
         &self,
         request: Request<v1::CancelRequest>,
-    ) -> Result<Response<v1::CancelResponse>, Status> {
+    ) -> Result<Response<v1::CancelResponse>, Error> {
         let hops = hops(&request);
         let message = request.into_inner();
         let key = convert::timer_key(message.workflow_id.clone(), message.timer_id.clone())
@@ -311,9 +315,11 @@ impl TimersService {
         let partition = self.partition(&key.workflow_id);
         match self.router.target(partition, hops)? {
             Target::Remote(node) => {
-                self.client(node)?
+                let answer = self
+                    .client(node)?
                     .cancel(self.forwarded(message, hops))
-                    .await
+                    .await;
+                forwarded(node, answer)
             }
             Target::Local(group) => {
                 let received_at_ms = self.router.host.cluster_now()?;
@@ -336,11 +342,10 @@ impl TimersService {
                         return Err(Error::NotFound(format!(
                             "no timer {:?}/{:?}",
                             message.workflow_id, message.timer_id
-                        ))
-                        .into())
+                        )))
                     }
                     other => {
-                        return Err(Status::internal(format!(
+                        return Err(Error::Internal(format!(
                             "unexpected cancel outcome {other:?}"
                         )))
                     }
@@ -357,14 +362,17 @@ impl TimersService {
     async fn do_get(
         &self,
         request: Request<v1::GetRequest>,
-    ) -> Result<Response<v1::GetResponse>, Status> {
+    ) -> Result<Response<v1::GetResponse>, Error> {
         let hops = hops(&request);
         let message = request.into_inner();
         let key = convert::timer_key(message.workflow_id.clone(), message.timer_id.clone())
             .map_err(Error::from)?;
         let partition = self.partition(&key.workflow_id);
         match self.router.target(partition, hops)? {
-            Target::Remote(node) => self.client(node)?.get(self.forwarded(message, hops)).await,
+            Target::Remote(node) => {
+                let answer = self.client(node)?.get(self.forwarded(message, hops)).await;
+                forwarded(node, answer)
+            }
             Target::Local(group) => {
                 self.router.read_barrier(partition, group).await?;
                 let record = self
@@ -390,7 +398,7 @@ impl TimersService {
     async fn do_list(
         &self,
         request: Request<v1::ListRequest>,
-    ) -> Result<Response<v1::ListResponse>, Status> {
+    ) -> Result<Response<v1::ListResponse>, Error> {
         let hops = hops(&request);
         let message = request.into_inner();
         // Validates the workflow id with a placeholder timer id.
@@ -399,13 +407,15 @@ impl TimersService {
             return Err(Error::from(hourglass_types::Error::invalid(
                 "page_size",
                 format!("is {}, at most {MAX_PAGE_SIZE} allowed", message.page_size),
-            ))
-            .into());
+            )));
         }
         let after = convert::decode_page_token(&message.page_token).map_err(Error::from)?;
         let partition = self.partition(&message.workflow_id);
         match self.router.target(partition, hops)? {
-            Target::Remote(node) => self.client(node)?.list(self.forwarded(message, hops)).await,
+            Target::Remote(node) => {
+                let answer = self.client(node)?.list(self.forwarded(message, hops)).await;
+                forwarded(node, answer)
+            }
             Target::Local(group) => {
                 self.router.read_barrier(partition, group).await?;
                 let size = if message.page_size == 0 {

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::clock::TimeSource;
+use crate::error::Error;
 use crate::host::{Group, Host};
 
 pub struct TransportService {
@@ -20,23 +21,32 @@ pub struct TransportService {
 }
 
 impl TransportService {
-    fn group(&self, partition: u32) -> Result<&Group, Status> {
-        self.host.group(partition).ok_or_else(|| {
-            Status::unavailable(format!(
-                "node {} does not (yet) host a replica of partition {partition}",
-                self.host.node_id
-            ))
-        })
+    fn group(&self, partition: u32) -> Result<&Group, Error> {
+        self.host
+            .group(partition)
+            .ok_or_else(|| Error::Unavailable {
+                partition,
+                reason: format!(
+                    "node {} does not (yet) host a replica of partition {partition}",
+                    self.host.node_id
+                ),
+                leader: None,
+            })
     }
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
-    bincode::deserialize(body)
-        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    bincode::deserialize(body).map_err(|e| {
+        Error::from(hourglass_types::Error::invalid(
+            "body",
+            format!("undecodable raft message: {e}"),
+        ))
+    })
 }
 
-fn reply<T: Serialize>(partition: u32, value: &T) -> Result<Response<RaftMessage>, Status> {
-    let body = bincode::serialize(value).map_err(|e| Status::internal(e.to_string()))?;
+fn reply<T: Serialize>(partition: u32, value: &T) -> Result<Response<RaftMessage>, Error> {
+    let body = bincode::serialize(value)
+        .map_err(|e| Error::Internal(format!("raft message not serializable: {e}")))?;
     Ok(Response::new(RaftMessage { partition, body }))
 }
 
@@ -51,13 +61,13 @@ impl RaftTransport for TransportService {
             .group(m.partition)?
             .append_entries(decode(&m.body)?)
             .await;
-        reply(m.partition, &result)
+        Ok(reply(m.partition, &result)?)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
         let result = self.group(m.partition)?.vote(decode(&m.body)?).await;
-        reply(m.partition, &result)
+        Ok(reply(m.partition, &result)?)
     }
 
     async fn install_snapshot(
@@ -69,7 +79,7 @@ impl RaftTransport for TransportService {
             .group(m.partition)?
             .install_snapshot(decode(&m.body)?)
             .await;
-        reply(m.partition, &result)
+        Ok(reply(m.partition, &result)?)
     }
 
     async fn hello(
@@ -90,7 +100,7 @@ impl RaftTransport for TransportService {
                 self.host
                     .store
                     .has_raft_state(shared)
-                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(Error::from)?
             }
             None => false,
         };
@@ -113,7 +123,7 @@ impl RaftTransport for TransportService {
                 .host
                 .store
                 .partition_state(partition)
-                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(Error::from)?
                 .pending;
             partitions.push(LocalPartition {
                 partition,
@@ -161,15 +171,23 @@ impl RaftTransport for TransportService {
     }
 }
 
-/// Resident set size of this process, from `/proc/self/statm` (0 where unavailable).
+/// Resident set size of this process (0 where the platform does not tell).
 fn resident_memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map(|pages| pages * 4096)
+    memory_stats::memory_stats()
+        .map(|m| m.physical_mem as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The figure is this process's resident memory: it grows by what the process touches.
+    #[test]
+    fn resident_memory_is_measured() {
+        let before = super::resident_memory_bytes();
+        assert!(before > 1024 * 1024, "{before}");
+        let touched: Vec<u8> = vec![1; 128 * 1024 * 1024];
+        let after = super::resident_memory_bytes();
+        assert!(std::hint::black_box(&touched).iter().all(|&b| b == 1));
+        assert!(after >= before + 64 * 1024 * 1024, "{before} -> {after}");
+    }
 }

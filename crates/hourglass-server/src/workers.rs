@@ -32,9 +32,7 @@ impl Workers for WorkersService {
         &self,
         request: Request<Streaming<v1::WorkerMessage>>,
     ) -> Result<Response<DeliveryStream>, Status> {
-        let result = self.start_stream(request).await;
-        self.host.metrics.request("Subscribe", &result);
-        result
+        self.start_stream(request).await.map_err(Status::from)
     }
 }
 
@@ -42,13 +40,17 @@ impl WorkersService {
     async fn start_stream(
         &self,
         request: Request<Streaming<v1::WorkerMessage>>,
-    ) -> Result<Response<DeliveryStream>, Status> {
+    ) -> Result<Response<DeliveryStream>, Error> {
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
         let mut inbound = request.into_inner();
-        let start = match inbound.message().await? {
+        let start = match inbound
+            .message()
+            .await
+            .map_err(|s| Error::Stream(Box::new(s)))?
+        {
             Some(v1::WorkerMessage {
                 message: Some(v1::worker_message::Message::Start(start)),
             }) => start,
@@ -56,8 +58,7 @@ impl WorkersService {
                 return Err(Error::from(hourglass_types::Error::invalid(
                     "start",
                     "the first message of a subscription must be `start`",
-                ))
-                .into())
+                )))
             }
         };
         validate_queue(&start.queue).map_err(Error::from)?;
@@ -65,8 +66,7 @@ impl WorkersService {
             return Err(Error::from(hourglass_types::Error::invalid(
                 "credits",
                 format!("is {}, at most {MAX_CREDITS} allowed", start.credits),
-            ))
-            .into());
+            )));
         }
         let credits = if start.credits == 0 {
             DEFAULT_CREDITS
@@ -97,7 +97,8 @@ impl WorkersService {
                             dispatcher.ack(worker, &key);
                         }
                         Ok(Some(_)) => {
-                            let _ = tx.send(Err(Status::invalid_argument("only acks may follow `start`"))).await;
+                            let e = Error::from(hourglass_types::Error::invalid("start", "only acks may follow the first message, `start`"));
+                            let _ = tx.send(Err(e.into())).await;
                             break;
                         }
                         Ok(None) | Err(_) => break,

@@ -19,9 +19,11 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the epoch of a timestamp; 0 when unset or out of range.
 fn ts_ms(t: &Option<prost_types::Timestamp>) -> u64 {
-    t.as_ref()
-        .map(|t| t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000)
+    t.and_then(|t| SystemTime::try_from(t).ok())
+        .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
         .unwrap_or(0)
 }
 
@@ -34,10 +36,9 @@ fn request(workflow: String, timer: String, queue: &str, at_ms: u64) -> v1::Sche
         workflow_id: workflow,
         timer_id: timer,
         queue: queue.to_owned(),
-        when: Some(v1::schedule_request::When::FireAt(prost_types::Timestamp {
-            seconds: (at_ms / 1000) as i64,
-            nanos: ((at_ms % 1000) * 1_000_000) as i32,
-        })),
+        when: Some(v1::schedule_request::When::FireAt(
+            prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_millis(at_ms)),
+        )),
         payload: Vec::new(),
     }
 }

@@ -1,7 +1,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use hourglass_server::config::Overrides;
 use hourglass_server::Peer;
 
 #[derive(Parser)]
@@ -111,45 +113,65 @@ pub struct WorkerArgs {
     pub max_deliveries: Option<u64>,
 }
 
-/// Every setting can come from the TOML file, a `HOURGLASS_*` variable or a flag; flags and
-/// variables override the file.
+/// Every key of the configuration comes from, lowest first: its default, the TOML file, a
+/// `HOURGLASS_*` variable, a flag (docs/operations.md lists them all).
 #[derive(Args)]
+#[command(
+    after_help = "Every configuration key can also be set by a variable: HOURGLASS_<KEY> for a \
+top-level key (HOURGLASS_NODE_ID=1), HOURGLASS_<SECTION>__<KEY> for a section's \
+(HOURGLASS_TIMERS__WINDOW=30s), or by --set KEY=VALUE. Flags override variables, variables \
+override the file. Durations are written like 500ms, 30s, 1m 30s. --print-config shows every \
+key and its effective value; docs/operations.md explains them."
+)]
 pub struct ServeArgs {
     /// TOML configuration file (keys as in docs/operations.md).
     #[arg(long, env = "HOURGLASS_CONFIG")]
     pub config: Option<PathBuf>,
-    /// This node's id (positive integer).
-    #[arg(long, env = "HOURGLASS_NODE_ID")]
+    /// This node's id (positive integer) [key node_id, HOURGLASS_NODE_ID]
+    #[arg(long)]
     pub node_id: Option<u64>,
-    /// gRPC listen address.
-    #[arg(long, env = "HOURGLASS_LISTEN")]
+    /// gRPC listen address [key listen, HOURGLASS_LISTEN]
+    #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Address peers and clients use to reach this node (defaults to --listen).
-    #[arg(long, env = "HOURGLASS_ADVERTISE")]
+    /// Address peers and clients use to reach this node (defaults to --listen) [key advertise,
+    /// HOURGLASS_ADVERTISE]
+    #[arg(long)]
     pub advertise: Option<String>,
-    /// HTTP listen address for /healthz and /readyz.
-    #[arg(long, env = "HOURGLASS_HTTP_LISTEN")]
+    /// HTTP listen address for /healthz, /readyz and /metrics [key http_listen,
+    /// HOURGLASS_HTTP_LISTEN]
+    #[arg(long)]
     pub http_listen: Option<SocketAddr>,
-    /// Data directory.
-    #[arg(long, env = "HOURGLASS_DATA_DIR")]
+    /// Data directory [key data_dir, HOURGLASS_DATA_DIR]
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Every cluster node as ID=HOST:PORT, comma-separated.
-    #[arg(long, env = "HOURGLASS_PEERS", value_delimiter = ',')]
+    /// Every cluster node as ID=HOST:PORT, comma-separated [key peers, HOURGLASS_PEERS]
+    #[arg(long, value_delimiter = ',')]
     pub peers: Option<Vec<Peer>>,
-    /// Partition count (fixed at cluster creation).
-    #[arg(long, env = "HOURGLASS_PARTITIONS")]
+    /// Partition count (fixed at cluster creation) [key partitions, HOURGLASS_PARTITIONS]
+    #[arg(long)]
     pub partitions: Option<u32>,
-    /// Replicas per partition.
-    #[arg(long, env = "HOURGLASS_REPLICATION_FACTOR")]
+    /// Replicas per partition [key replication_factor, HOURGLASS_REPLICATION_FACTOR]
+    #[arg(long)]
     pub replication_factor: Option<usize>,
-    /// Largest accepted payload in bytes.
-    #[arg(long, env = "HOURGLASS_MAX_PAYLOAD_BYTES")]
+    /// Largest accepted payload in bytes [key max_payload_bytes,
+    /// HOURGLASS_MAX_PAYLOAD_BYTES]
+    #[arg(long)]
     pub max_payload_bytes: Option<usize>,
-    /// Clock offset between nodes, in milliseconds, beyond which a node warns, and a node
-    /// whose clock disagrees with a majority is not ready.
-    #[arg(long, env = "HOURGLASS_MAX_CLOCK_OFFSET_MS")]
+    /// Clock offset between nodes beyond which a node warns, and a node whose clock disagrees
+    /// with a majority is not ready (e.g. 500ms) [key max_clock_offset,
+    /// HOURGLASS_MAX_CLOCK_OFFSET]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_clock_offset: Option<Duration>,
+    /// --max-clock-offset in milliseconds (the older spelling) [key max_clock_offset_ms,
+    /// HOURGLASS_MAX_CLOCK_OFFSET_MS].
+    #[arg(long, conflicts_with = "max_clock_offset")]
     pub max_clock_offset_ms: Option<u64>,
-    /// Print the effective configuration as TOML and exit.
+    /// Set any key: KEY=VALUE, a section's keys as SECTION.KEY (timers.window=30s,
+    /// raft.heartbeat_interval=100ms). Repeatable; a later one wins over an earlier one and
+    /// over the dedicated flags.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Print the effective configuration (every key) as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
     /// Recover a node whose data directory was lost: fence its votes at the highest term its
@@ -157,6 +179,53 @@ pub struct ServeArgs {
     /// must be up. Only for a node that refuses to start because it was wiped.
     #[arg(long, env = "HOURGLASS_REJOIN")]
     pub rejoin: bool,
+}
+
+impl ServeArgs {
+    /// The configuration keys the flags set, dedicated flags first, then `--set` in order.
+    pub fn overrides(&self) -> hourglass_server::Result<Overrides> {
+        let mut o = Overrides::default();
+        if let Some(v) = self.node_id {
+            o.set("node_id", v)?;
+        }
+        if let Some(v) = self.listen {
+            o.set("listen", v)?;
+        }
+        if let Some(v) = &self.advertise {
+            o.set("advertise", v)?;
+        }
+        if let Some(v) = self.http_listen {
+            o.set("http_listen", v)?;
+        }
+        if let Some(v) = &self.data_dir {
+            o.set("data_dir", v)?;
+        }
+        if let Some(v) = &self.peers {
+            o.set("peers", v)?;
+        }
+        if let Some(v) = self.partitions {
+            o.set("partitions", v)?;
+        }
+        if let Some(v) = self.replication_factor {
+            o.set("replication_factor", v)?;
+        }
+        if let Some(v) = self.max_payload_bytes {
+            o.set("max_payload_bytes", v)?;
+        }
+        if let Some(v) = self.max_clock_offset {
+            o.set(
+                "max_clock_offset",
+                humantime::format_duration(v).to_string(),
+            )?;
+        }
+        if let Some(v) = self.max_clock_offset_ms {
+            o.set("max_clock_offset_ms", v)?;
+        }
+        for assignment in &self.set {
+            o.assign(assignment)?;
+        }
+        Ok(o)
+    }
 }
 
 #[derive(Args)]

@@ -24,11 +24,12 @@ fn print_json(v: &serde_json::Value) {
 fn schedule_request(args: ScheduleArgs) -> Result<v1::ScheduleRequest, Failure> {
     let when = match (&args.delay, &args.at) {
         (Some(d), None) => {
-            let d = humantime::parse_duration(d).map_err(|e| usage(format!("--in {d:?}: {e}")))?;
-            v1::schedule_request::When::Delay(prost_types::Duration {
-                seconds: d.as_secs() as i64,
-                nanos: d.subsec_nanos() as i32,
-            })
+            let parsed =
+                humantime::parse_duration(d).map_err(|e| usage(format!("--in {d:?}: {e}")))?;
+            v1::schedule_request::When::Delay(
+                prost_types::Duration::try_from(parsed)
+                    .map_err(|e| usage(format!("--in {d:?}: {e}")))?,
+            )
         }
         (None, Some(at)) => {
             let t = humantime::parse_rfc3339_weak(at).map_err(|e| {
@@ -36,13 +37,10 @@ fn schedule_request(args: ScheduleArgs) -> Result<v1::ScheduleRequest, Failure> 
                     "--at {at:?}: {e}; expected RFC 3339 like 2030-01-01T00:00:00Z"
                 ))
             })?;
-            let since = t
-                .duration_since(UNIX_EPOCH)
-                .map_err(|_| usage(format!("--at {at:?} is before 1970")))?;
-            v1::schedule_request::When::FireAt(prost_types::Timestamp {
-                seconds: since.as_secs() as i64,
-                nanos: since.subsec_nanos() as i32,
-            })
+            if t < UNIX_EPOCH {
+                return Err(usage(format!("--at {at:?} is before 1970")));
+            }
+            v1::schedule_request::When::FireAt(prost_types::Timestamp::from(t))
         }
         _ => return Err(usage("give exactly one of --in or --at")),
     };

@@ -4,11 +4,13 @@ use base64::Engine;
 use hourglass_client::v1;
 use serde_json::{json, Value};
 
+/// RFC 3339 in UTC with milliseconds; `None` when unset or outside 1970..=9999.
 pub fn rfc3339(t: &Option<prost_types::Timestamp>) -> Option<String> {
-    let t = t.as_ref()?;
-    let at = std::time::UNIX_EPOCH
-        + std::time::Duration::new(u64::try_from(t.seconds).ok()?, u32::try_from(t.nanos).ok()?);
-    Some(humantime::format_rfc3339_millis(at).to_string())
+    /// The first second of the year 10000: RFC 3339 has four-digit years.
+    const YEAR_10000: u64 = 253_402_300_800;
+    let at = std::time::SystemTime::try_from((*t)?).ok()?;
+    let since_epoch = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    (since_epoch.as_secs() < YEAR_10000).then(|| humantime::format_rfc3339_millis(at).to_string())
 }
 
 fn state(s: i32) -> &'static str {
@@ -68,4 +70,27 @@ pub fn timer_text(t: &v1::Timer) -> String {
         s.push_str(&format!("  payload({encoding})={payload:?}"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_types::Timestamp;
+
+    #[test]
+    fn timestamps_print_as_rfc3339_within_its_years() {
+        let t = |seconds, nanos| Some(Timestamp { seconds, nanos });
+        assert_eq!(
+            rfc3339(&t(1_700_000_000, 123_456_789)).as_deref(),
+            Some("2023-11-14T22:13:20.123Z")
+        );
+        assert_eq!(
+            rfc3339(&t(0, 0)).as_deref(),
+            Some("1970-01-01T00:00:00.000Z")
+        );
+        assert_eq!(rfc3339(&None), None);
+        assert_eq!(rfc3339(&t(-1, 0)), None);
+        assert_eq!(rfc3339(&t(253_402_300_800, 0)), None);
+        assert_eq!(rfc3339(&t(1 << 62, 5)), None);
+    }
 }

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use hourglass_client::Client;
 use hourglass_server::{Node, NodeConfig, Peer};
 use tracing_subscriber::EnvFilter;
@@ -20,47 +19,13 @@ fn init_tracing() {
         .try_init();
 }
 
-fn effective_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            NodeConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
-        }
-        None => NodeConfig::default(),
-    };
-    if let Some(v) = args.node_id {
-        config.node_id = v;
-    }
-    if let Some(v) = args.listen {
-        config.listen = v;
-    }
-    if let Some(v) = &args.advertise {
-        config.advertise = Some(v.clone());
-    }
-    if let Some(v) = args.http_listen {
-        config.http_listen = Some(v);
-    }
-    if let Some(v) = &args.data_dir {
-        config.data_dir = v.clone();
-    }
-    if let Some(v) = &args.peers {
-        config.peers = v.clone();
-    }
-    if let Some(v) = args.partitions {
-        config.partitions = v;
-    }
-    if let Some(v) = args.replication_factor {
-        config.replication_factor = v;
-    }
-    if let Some(v) = args.max_payload_bytes {
-        config.max_payload_bytes = v;
-    }
-    if let Some(v) = args.max_clock_offset_ms {
-        config.max_clock_offset_ms = v;
-    }
+/// The validated configuration, with the warnings loading it gave.
+fn effective_config(args: &ServeArgs) -> anyhow::Result<(NodeConfig, Vec<String>)> {
+    let flags = args.overrides()?;
+    let loaded = NodeConfig::load(args.config.as_deref(), &flags)?;
+    let mut config = loaded.config;
     config.rejoin = args.rejoin;
-    Ok(config.validate()?)
+    Ok((config.validate()?, loaded.warnings))
 }
 
 async fn stop_signal() {
@@ -79,12 +44,18 @@ async fn stop_signal() {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let config = effective_config(&args).map_err(|e| Failure { code: 1, error: e })?;
+    let (config, warnings) = effective_config(&args).map_err(|e| Failure { code: 1, error: e })?;
     if args.print_config {
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
         print!("{}", config.to_toml());
         return Ok(());
     }
     init_tracing();
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     let node = tokio::select! {
         node = Node::start(config) => node?,
         _ = stop_signal() => return Ok(()),

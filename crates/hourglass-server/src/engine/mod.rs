@@ -38,10 +38,10 @@ pub struct EngineConfig {
     pub max_sleep: Duration,
     /// Tombstones older than this are expired.
     pub tombstone_retention: Duration,
-    /// Fault injection for the chaos harness (`HOURGLASS_FAULT_LOSE_FIRES`): this fraction of
+    /// Fault injection for the chaos harness (`fault.lose_fired_fraction`): this fraction of
     /// fired timers is acknowledged without being delivered, i.e. lost. Always 0 otherwise.
     pub lose_fired_fraction: f64,
-    /// Fault injection for the chaos harness (`HOURGLASS_FAULT_EARLY_FIRE_MS`): the engine
+    /// Fault injection for the chaos harness (`fault.early_fire`): the engine
     /// acts as if cluster time were this much later, so timers fire early. Always 0 otherwise.
     pub early_fire_ms: u64,
 }
