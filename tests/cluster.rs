@@ -1,10 +1,11 @@
 //! Integration tests on real 3-node clusters: separate `hourglass serve` processes, gRPC over
 //! loopback, RocksDB on disk.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use hourglass_client::v1;
-use hourglass_tests::{schedule_in, Cluster, Options};
+use hourglass_tests::{now_ms, schedule_at, schedule_in, Cluster, Options};
 use hourglass_types::partition_for;
 use tonic::Code;
 
@@ -416,4 +417,117 @@ async fn schedule_batch_answers_each_timer_in_order() {
     assert_eq!(c.client_of(&[1]).list("b-7").await.unwrap().len(), 8);
     let pending = pending_timers(&c).await;
     assert_eq!(pending, 301);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_expire_as_fast_as_timers_complete() {
+    // Batches of 100: expiring one batch per partition per sweep (what this replaced) would
+    // take minutes to clear what the workers complete here in seconds.
+    let c = Cluster::start(Options {
+        extra_toml: "[timers]\ntombstone_retention = \"1s\"\nbatch = 100\n".into(),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let worker = c.worker("q", &[]).unwrap();
+    let client = c.client();
+    const TIMERS: u64 = 4_000;
+    const WORKFLOWS: u64 = 100;
+    const SPREAD_MS: u64 = 6_000;
+    // About 670 fires and acks a second, continuously.
+    let base = now_ms() + 2_000;
+    let requests: Vec<_> = (0..TIMERS)
+        .map(|i| {
+            let w = format!("wf-{}", i % WORKFLOWS);
+            schedule_at(
+                &w,
+                &format!("t-{i}"),
+                "q",
+                base + i * SPREAD_MS / TIMERS,
+                "",
+            )
+        })
+        .collect();
+    for chunk in requests.chunks(500) {
+        let results = client.schedule_batch(chunk.to_vec()).await.unwrap();
+        assert!(results.iter().all(|r| r.as_ref().is_ok_and(|s| s.created)));
+    }
+    worker
+        .wait_for(Duration::from_secs(60), |seen| {
+            seen.iter()
+                .map(|s| (&s.workflow_id, &s.timer_id))
+                .collect::<BTreeSet<_>>()
+                .len()
+                == TIMERS as usize
+        })
+        .await
+        .unwrap();
+    // Acked by now or within a moment; then retention (1 s) and one sweep (5 s) at most,
+    // with slack for the acks' commit and a loaded machine.
+    tokio::time::sleep(Duration::from_secs(1 + 5 + 3)).await;
+    let mut left = 0;
+    for w in 0..WORKFLOWS {
+        left += client.list(&format!("wf-{w}")).await.unwrap().len();
+    }
+    assert_eq!(
+        left, 0,
+        "completed timers still stored well past their retention"
+    );
+    // The names are free again.
+    let again = client
+        .schedule(schedule_in("wf-0", "t-0", HOUR, "again"))
+        .await
+        .unwrap();
+    assert!(again.created);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_are_bounded_in_bytes_and_batches_in_payload() {
+    let c = cluster().await;
+    let client = c.client();
+    const TIMERS: usize = 1_000;
+    let payload = "p".repeat(60 * 1024);
+    let requests: Vec<_> = (0..TIMERS)
+        .map(|i| schedule_in("big", &format!("t{i:04}"), HOUR, &payload))
+        .collect();
+    // 40 × 60 KiB = 2.4 MiB, within the batch's 3 MiB of payload.
+    for chunk in requests.chunks(40) {
+        let results = client.schedule_batch(chunk.to_vec()).await.unwrap();
+        assert!(results.iter().all(|r| r.is_ok()));
+    }
+    // Through every node: the leader answers, the others forward its pages.
+    for node in 1..=3 {
+        let client = c.client_of(&[node]);
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let page = client.list_page("big", 1000, &token).await.unwrap();
+            let bytes = prost::Message::encoded_len(&page);
+            assert!(bytes <= 3 * 1024 * 1024 + 1024, "a page of {bytes} bytes");
+            assert!(!page.timers.is_empty());
+            pages += 1;
+            seen.extend(page.timers.into_iter().map(|t| t.timer_id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let expected: Vec<_> = (0..TIMERS).map(|i| format!("t{i:04}")).collect();
+        assert_eq!(seen, expected, "node {node}");
+        assert!(pages >= 20, "{pages} pages");
+    }
+    assert_eq!(client.list("big").await.unwrap().len(), TIMERS);
+
+    // 60 × 60 KiB = 3.5 MiB of payload: refused whole, naming the field.
+    let oversized: Vec<_> = (0..60)
+        .map(|i| schedule_in("over", &format!("t{i}"), HOUR, &payload))
+        .collect();
+    let err = client.schedule_batch(oversized).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("timers.payload"), "{err}");
+    assert_eq!(
+        client.get("over", "t0").await.unwrap_err().code(),
+        Some(Code::NotFound)
+    );
 }

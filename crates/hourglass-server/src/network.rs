@@ -9,7 +9,8 @@ use hourglass_proto::internal::raft_transport_client::RaftTransportClient;
 use hourglass_proto::internal::RaftMessage;
 use hourglass_types::{NodeId, TypeConfig};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -20,11 +21,33 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
+use tracing::debug;
 
 use crate::config::Peer;
 
 /// Raft messages can carry many entries with payloads of up to a MiB each.
 pub(crate) const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Most encoded bytes of one AppendEntries request. openraft batches up to
+/// `max_payload_entries` (300) entries per request whatever their size, and one entry (a
+/// ScheduleBatch's timers of a partition) can take about 4 MiB: a follower catching up would
+/// be sent over a GiB at once, past [`MAX_RAFT_MESSAGE_BYTES`], and never catch up. Above this
+/// bound the request is refused before it is sent, with a hint of how many entries fit, and
+/// openraft sends fewer. A single entry always goes, whatever its size.
+pub(crate) const MAX_APPEND_BYTES: usize = 8 * 1024 * 1024;
+
+/// How many entries an AppendEntries request of `entries` entries encoding to `bytes` should
+/// carry instead, or `None` when it is within `max_bytes` or holds a single entry. The hint
+/// assumes entries of the average size and is strictly smaller, so repeated refusals of
+/// uneven batches still come down to a request that fits, one entry at worst.
+fn entries_hint(entries: usize, bytes: usize, max_bytes: usize) -> Option<u64> {
+    if bytes <= max_bytes || entries <= 1 {
+        return None;
+    }
+    let scaled = entries as u128 * max_bytes as u128 / bytes as u128;
+    let fewer = entries as u64 - 1;
+    Some(u64::try_from(scaled).unwrap_or(fewer).clamp(1, fewer))
+}
 
 /// The node's connections to its peers.
 pub struct Peers {
@@ -103,14 +126,13 @@ enum Rpc {
 }
 
 impl GroupNetwork {
-    async fn call<Req, Resp, E>(
+    async fn call<Resp, E>(
         &self,
         rpc: Rpc,
-        req: &Req,
+        body: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -118,7 +140,6 @@ impl GroupNetwork {
             .peers
             .transport(self.target)
             .ok_or_else(|| RPCError::Unreachable(Unreachable::new(&UnknownPeer(self.target))))?;
-        let body = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftMessage {
             partition: self.partition,
             body,
@@ -142,6 +163,14 @@ impl GroupNetwork {
     }
 }
 
+/// openraft's request in bincode, the body of a [`RaftMessage`].
+fn encode<Req: Serialize, Err>(req: &Req) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, Err>>
+where
+    Err: std::error::Error,
+{
+    bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("node {0} is not in the configured peers")]
 struct UnknownPeer(NodeId);
@@ -152,7 +181,21 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        let body = encode(&rpc)?;
+        if let Some(hint) = entries_hint(rpc.entries.len(), body.len(), MAX_APPEND_BYTES) {
+            debug!(
+                partition = self.partition,
+                target = self.target,
+                entries = rpc.entries.len(),
+                bytes = body.len(),
+                hint,
+                "append too large; openraft sends fewer entries"
+            );
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        self.call(Rpc::Append, body, &option).await
     }
 
     async fn install_snapshot(
@@ -163,7 +206,7 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+        self.call(Rpc::Snapshot, encode(&rpc)?, &option).await
     }
 
     async fn vote(
@@ -171,6 +214,91 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        self.call(Rpc::Vote, encode(&rpc)?, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hourglass_types::{Command, TimerDefinition, TimerKey};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    use super::*;
+
+    #[test]
+    fn the_hint_shrinks_an_oversized_append_until_it_fits() {
+        assert_eq!(entries_hint(300, 1_000, 1_000), None);
+        assert_eq!(entries_hint(1, 10_000, 1_000), None);
+        assert_eq!(entries_hint(300, 3_000, 1_000), Some(100));
+        assert_eq!(entries_hint(2, 1_000_000, 1_000), Some(1));
+        // Just over the bound: one entry fewer at least.
+        assert_eq!(entries_hint(10, 1_001, 1_000), Some(9));
+        // Uneven entries: each refusal asks for fewer, down to one.
+        let sizes = [100, 100, 100, 5_000, 100];
+        let mut n = sizes.len();
+        while let Some(hint) = entries_hint(n, sizes[..n].iter().sum(), 1_000) {
+            assert!((hint as usize) < n);
+            n = hint as usize;
+        }
+        assert!(sizes[..n].iter().sum::<usize>() <= 1_000);
+    }
+
+    fn entry(index: u64, payload_bytes: usize) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Schedule {
+                key: TimerKey {
+                    workflow_id: "w".into(),
+                    timer_id: index.to_string(),
+                },
+                definition: TimerDefinition {
+                    queue: "default".into(),
+                    fire_at_ms: Some(1),
+                    delay_ms: None,
+                    payload: vec![1; payload_bytes],
+                },
+                received_at_ms: 0,
+            }),
+        }
+    }
+
+    fn append(entries: Vec<Entry<TypeConfig>>) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        }
+    }
+
+    /// A network to a peer that is not configured: whatever is sent fails as unreachable,
+    /// after the size check.
+    fn network() -> GroupNetwork {
+        GroupNetwork {
+            partition: 0,
+            target: 2,
+            peers: Arc::new(Peers::new(&[])),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_append_over_the_byte_bound_is_refused_with_a_hint_before_it_is_sent() {
+        let option = RPCOption::new(Duration::from_secs(1));
+        let mib = 1024 * 1024;
+        let big = append((1..=4).map(|i| entry(i, 3 * mib)).collect());
+        match network().append_entries(big, option.clone()).await {
+            Err(RPCError::PayloadTooLarge(e)) => assert_eq!(e.entries_hint(), 2),
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+        // A lone entry over the bound goes anyway, and so does a batch within it.
+        for request in [
+            append(vec![entry(1, 9 * mib)]),
+            append((1..=4).map(|i| entry(i, mib)).collect()),
+        ] {
+            match network().append_entries(request, option.clone()).await {
+                Err(RPCError::Unreachable(_)) => {}
+                other => panic!("expected an attempt to send, got {other:?}"),
+            }
+        }
     }
 }

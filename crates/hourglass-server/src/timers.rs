@@ -17,6 +17,16 @@ use crate::routing::{Router, Target, HOPS};
 const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1000;
 const MAX_BATCH: usize = 1000;
+/// Most encoded bytes of the timers of one List page: safely under the 4 MiB a gRPC client
+/// decodes by default (tonic, grpc-go, grpcio), and under what a forwarding node's own client
+/// decodes, with room for the page token and framing. 1,000 timers with 64 KiB payloads would
+/// otherwise make a 64 MiB page that no default client can read.
+const MAX_LIST_PAGE_BYTES: usize = 3 * 1024 * 1024;
+/// Most payload bytes, summed over its timers, of one ScheduleBatch. Its timers of one
+/// partition become one Raft entry, which every replica writes and sends whole; and with ids
+/// and framing the request stays under the 4 MiB a node decodes (larger requests are refused
+/// by gRPC itself, OUT_OF_RANGE).
+const MAX_BATCH_PAYLOAD_BYTES: usize = 3 * 1024 * 1024;
 
 pub struct TimersService {
     router: Router,
@@ -174,6 +184,16 @@ impl TimersService {
             return Err(Error::from(hourglass_types::Error::invalid(
                 "timers",
                 format!("has {} items, at most {MAX_BATCH} allowed", timers.len()),
+            )));
+        }
+        let payload_bytes: usize = timers.iter().map(|t| t.payload.len()).sum();
+        if payload_bytes > MAX_BATCH_PAYLOAD_BYTES {
+            return Err(Error::from(hourglass_types::Error::invalid(
+                "timers.payload",
+                format!(
+                    "adds up to {payload_bytes} bytes over the batch, at most \
+                     {MAX_BATCH_PAYLOAD_BYTES} allowed; split it into smaller batches"
+                ),
             )));
         }
         let now = self.router.host.cluster_now()?;
@@ -423,27 +443,148 @@ impl TimersService {
                 } else {
                     message.page_size
                 } as usize;
-                // One extra row tells whether another page exists.
-                let mut rows = self
-                    .router
+                let mut page = Page::new(size, MAX_LIST_PAGE_BYTES);
+                self.router
                     .host
                     .store
-                    .list_timers(partition, &message.workflow_id, after.as_deref(), size + 1)
+                    .list_timers(partition, &message.workflow_id, after.as_deref(), |r| {
+                        page.offer(convert::timer(r, partition))
+                    })
                     .map_err(Error::from)?;
-                let more = rows.len() > size;
-                rows.truncate(size);
-                let next_page_token = match (more, rows.last()) {
-                    (true, Some(last)) => convert::encode_page_token(&last.key.timer_id),
-                    _ => String::new(),
-                };
-                Ok(Response::new(v1::ListResponse {
-                    timers: rows
-                        .into_iter()
-                        .map(|r| convert::timer(r, partition))
-                        .collect(),
-                    next_page_token,
-                }))
+                Ok(Response::new(page.into_response()))
             }
         }
+    }
+}
+
+/// A List page being filled: it takes timers until it holds `max_timers`, or until the next
+/// one would take the timers' encoded size past `max_bytes`; it always takes the first, so a
+/// page makes progress whatever the payload size (a lone timer is at most about 1 MiB).
+struct Page {
+    timers: Vec<v1::Timer>,
+    bytes: usize,
+    max_timers: usize,
+    max_bytes: usize,
+    /// A timer was refused: another page follows.
+    more: bool,
+}
+
+impl Page {
+    fn new(max_timers: usize, max_bytes: usize) -> Self {
+        Page {
+            timers: Vec::new(),
+            bytes: 0,
+            max_timers,
+            max_bytes,
+            more: false,
+        }
+    }
+
+    /// Takes `timer` if it fits; false when the page is full (the caller stops reading).
+    fn offer(&mut self, timer: v1::Timer) -> bool {
+        // A repeated message field costs its tag (1 byte), its length and its bytes.
+        let len = prost::Message::encoded_len(&timer);
+        let size = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+        let full = self.timers.len() >= self.max_timers
+            || (!self.timers.is_empty() && self.bytes + size > self.max_bytes);
+        if full {
+            self.more = true;
+            return false;
+        }
+        self.bytes += size;
+        self.timers.push(timer);
+        true
+    }
+
+    fn into_response(self) -> v1::ListResponse {
+        let next_page_token = match (self.more, self.timers.last()) {
+            (true, Some(last)) => convert::encode_page_token(&last.timer_id),
+            _ => String::new(),
+        };
+        v1::ListResponse {
+            timers: self.timers,
+            next_page_token,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timer(id: usize, payload_bytes: usize) -> v1::Timer {
+        v1::Timer {
+            workflow_id: "w".into(),
+            timer_id: format!("t{id:04}"),
+            payload: vec![7; payload_bytes],
+            ..Default::default()
+        }
+    }
+
+    /// Fills pages from `timers` as List does, page after page; returns them.
+    fn paginate(
+        timers: &[v1::Timer],
+        max_timers: usize,
+        max_bytes: usize,
+    ) -> Vec<v1::ListResponse> {
+        let mut out = Vec::new();
+        let mut next = 0;
+        loop {
+            let mut page = Page::new(max_timers, max_bytes);
+            for t in &timers[next..] {
+                if !page.offer(t.clone()) {
+                    break;
+                }
+            }
+            let response = page.into_response();
+            next += response.timers.len();
+            let last = response.next_page_token.is_empty();
+            out.push(response);
+            if last {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn list_pages_stay_under_the_byte_bound_and_lose_no_timer() {
+        let timers: Vec<_> = (0..1000).map(|i| timer(i, 60 * 1024)).collect();
+        let pages = paginate(&timers, 1000, MAX_LIST_PAGE_BYTES);
+        for p in &pages {
+            let encoded = prost::Message::encoded_len(p);
+            assert!(
+                encoded < MAX_LIST_PAGE_BYTES + 1024,
+                "page of {encoded} bytes"
+            );
+        }
+        // 3 MiB holds 51 such timers: the bound, not the page size, cuts the pages.
+        assert_eq!(pages[0].timers.len(), 51);
+        let all: Vec<_> = pages.iter().flat_map(|p| p.timers.clone()).collect();
+        assert_eq!(all, timers);
+        assert_eq!(
+            pages[0].next_page_token,
+            convert::encode_page_token("t0050")
+        );
+    }
+
+    #[test]
+    fn a_page_takes_at_least_one_timer_and_ends_on_the_page_size() {
+        // A timer larger than the bound still makes a page of its own.
+        let big = [timer(0, 2048), timer(1, 10)];
+        let pages = paginate(&big, 100, 1024);
+        assert_eq!(pages.len(), 2);
+        assert_eq!(pages[0].timers.len(), 1);
+        assert_eq!(pages[1].timers.len(), 1);
+        assert!(pages[1].next_page_token.is_empty());
+        // Small timers end pages on the count, and the last full page says nothing follows
+        // only when nothing does.
+        let small: Vec<_> = (0..10).map(|i| timer(i, 1)).collect();
+        let pages = paginate(&small, 5, MAX_LIST_PAGE_BYTES);
+        assert_eq!(pages.len(), 2);
+        assert_eq!(
+            pages[0].next_page_token,
+            convert::encode_page_token("t0004")
+        );
+        assert!(pages[1].next_page_token.is_empty());
     }
 }

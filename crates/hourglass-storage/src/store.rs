@@ -40,6 +40,16 @@ pub struct DueEntry {
     pub key: TimerKey,
 }
 
+/// One entry of the tombstone index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TombstoneEntry {
+    /// The raw `CF_TOMBSTONES` key, where a scan resumes.
+    pub raw: Vec<u8>,
+    /// When the timer completed or was cancelled.
+    pub finished_at_ms: u64,
+    pub key: TimerKey,
+}
+
 /// Per-partition figures for status reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PartitionState {
@@ -198,27 +208,33 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` tombstones of `partition` written before `before_ms`, oldest first.
+    /// Up to `limit` tombstones of `partition` written before `before_ms`, oldest first, from
+    /// the raw key `from` (inclusive; the partition's prefix to start at its oldest).
     pub fn scan_tombstones(
         &self,
         partition: u32,
+        from: &[u8],
         before_ms: u64,
         limit: usize,
-    ) -> Result<Vec<TimerKey>> {
+    ) -> Result<Vec<TombstoneEntry>> {
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(keys::due_bound(partition, before_ms));
-        let from = keys::partition_prefix(partition);
         let iter = self.db.iterator_cf_opt(
             self.cf(keys::CF_TOMBSTONES),
             ro,
-            IteratorMode::From(&from, Direction::Forward),
+            IteratorMode::From(from, Direction::Forward),
         );
         let mut out = Vec::new();
         for item in iter.take(limit) {
             let (k, _) = item?;
-            let (_, _, key) = keys::decode_timed_key(&k)
+            let (p, finished_at_ms, key) = keys::decode_timed_key(&k)
                 .ok_or_else(|| Error::corrupt("tombstone key", format!("{k:?}")))?;
-            out.push(key);
+            debug_assert_eq!(p, partition);
+            out.push(TombstoneEntry {
+                raw: k.to_vec(),
+                finished_at_ms,
+                key,
+            });
         }
         Ok(out)
     }
@@ -258,14 +274,17 @@ impl Store {
             .transpose()
     }
 
-    /// Up to `limit` timers of `workflow_id` in timer-id order, starting after `after`.
+    /// Hands the timers of `workflow_id` after `after` to `visit` in timer-id order until it
+    /// returns false or none is left. A visitor rather than a limit, so that a caller bounding
+    /// its page in bytes never holds more than one record past that bound (payloads go up to a
+    /// MiB each).
     pub fn list_timers(
         &self,
         partition: u32,
         workflow_id: &str,
         after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<TimerRecord>> {
+        mut visit: impl FnMut(TimerRecord) -> bool,
+    ) -> Result<()> {
         let prefix = keys::workflow_prefix(partition, workflow_id);
         let start = match after {
             Some(timer_id) => {
@@ -286,15 +305,13 @@ impl Store {
             self.cf(keys::CF_TIMERS),
             IteratorMode::From(&start, Direction::Forward),
         );
-        let mut out = Vec::new();
         for item in iter {
             let (k, v) = item?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
+            if !k.starts_with(&prefix) || !visit(codec::decode_timer(&v)?) {
                 break;
             }
-            out.push(codec::decode_timer(&v)?);
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn partition_state(&self, partition: u32) -> Result<PartitionState> {

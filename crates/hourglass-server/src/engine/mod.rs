@@ -8,17 +8,19 @@
 //! when the node loses leadership; the next leader starts its own from the replicated state.
 
 pub mod core;
+pub mod expiry;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hourglass_storage::{DueEntry, Store, TimerEvent, TimerEvents};
+use hourglass_storage::{DueEntry, Store, TimerEvent, TimerEvents, TombstoneEntry};
 use hourglass_types::{Command, CommandResponse, NodeId, TimerKey, TimerRecord};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use self::core::{CoreConfig, Delivery, DueIndex, EngineCore};
+use self::expiry::{Expiry, TombstoneIndex};
 use crate::clock::TimeSource;
 use crate::clock_probe::NodeClock;
 use crate::dispatch::Dispatcher;
@@ -46,8 +48,11 @@ pub struct EngineConfig {
     pub early_fire_ms: u64,
 }
 
-/// How often the leader looks for tombstones past retention.
-const TOMBSTONE_SWEEP: Duration = Duration::from_secs(30);
+/// How often the leader starts a sweep of tombstones past retention. A sweep expires its whole
+/// backlog (batch after batch), so this only bounds how long past its retention a tombstone
+/// lingers; short enough that a burst of completions is gone seconds after it is due, long
+/// enough that an idle partition's sweep (one index seek) costs nothing.
+const TOMBSTONE_SWEEP: Duration = Duration::from_secs(5);
 /// A forward jump of cluster time beyond the monotonic clock's progress worth a warning.
 const CLOCK_JUMP_MS: u64 = 1_000;
 /// How long to wait for the cluster clock when a majority of the partition's clocks is unknown.
@@ -66,6 +71,21 @@ impl DueIndex for StoreIndex {
     }
 }
 
+impl TombstoneIndex for StoreIndex {
+    fn scan(
+        &self,
+        from: &[u8],
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<TombstoneEntry>, String> {
+        tokio::task::block_in_place(|| {
+            self.store
+                .scan_tombstones(self.partition, from, before_ms, limit)
+        })
+        .map_err(|e| format!("reading tombstones: {e}"))
+    }
+}
+
 struct Engine {
     partition: u32,
     group: Group,
@@ -77,6 +97,9 @@ struct Engine {
     /// The partition's replicas, whose clocks make its time.
     replicas: Vec<NodeId>,
     core: EngineCore<StoreIndex>,
+    /// The partition's tombstone index, which `expiry` reads.
+    tombstones: StoreIndex,
+    expiry: Expiry,
     next_sweep: tokio::time::Instant,
     /// Published count of timers in memory, for status.
     in_memory: Arc<AtomicU64>,
@@ -198,6 +221,15 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
     );
     let mut engine = Engine {
         partition,
+        tombstones: StoreIndex {
+            store: store.clone(),
+            partition,
+        },
+        expiry: Expiry::new(
+            partition,
+            u64::try_from(config.tombstone_retention.as_millis()).unwrap_or(u64::MAX),
+            config.batch,
+        ),
         next_sweep: tokio::time::Instant::now(),
         in_memory: Arc::clone(&in_memory),
         acks: ack_tx,
@@ -281,21 +313,28 @@ impl Engine {
                     self.in_memory
                         .store(self.core.in_memory() as u64, Ordering::Relaxed);
                     if tokio::time::Instant::now() >= self.next_sweep {
-                        self.expire_tombstones(now).await?;
+                        self.expiry.start(now);
                         self.next_sweep = tokio::time::Instant::now() + TOMBSTONE_SWEEP;
                     }
+                    // One batch per turn: due timers are fired first on every turn, however
+                    // large the backlog of tombstones.
+                    self.expire_tombstones().await?;
                     let now = self.core.now_ms();
-                    match self.core.next_wake_ms() {
-                        Some(at) => self
-                            .config
-                            .max_sleep
-                            .min(Duration::from_millis(at.saturating_sub(now))),
-                        None => self.config.max_sleep,
+                    if self.expiry.busy() {
+                        Duration::ZERO
+                    } else {
+                        match self.core.next_wake_ms() {
+                            Some(at) => self
+                                .config
+                                .max_sleep
+                                .min(Duration::from_millis(at.saturating_sub(now))),
+                            None => self.config.max_sleep,
+                        }
                     }
                 }
             };
             if wait.is_zero() {
-                // Catch-up: yield between batches, but do not sleep.
+                // Catch-up (of fires or of expiry): yield between batches, but do not sleep.
                 tokio::task::yield_now().await;
                 self.drain_changes(changes);
                 continue;
@@ -402,26 +441,26 @@ impl Engine {
         kept
     }
 
-    /// Forgets tombstones past their retention, a batch per sweep.
-    async fn expire_tombstones(&mut self, now: u64) -> Result<(), String> {
-        let retention =
-            u64::try_from(self.config.tombstone_retention.as_millis()).unwrap_or(u64::MAX);
-        let before_ms = now.saturating_sub(retention);
-        let timers = tokio::task::block_in_place(|| {
-            self.store
-                .scan_tombstones(self.partition, before_ms, self.config.batch)
-        })
-        .map_err(|e| format!("reading tombstones: {e}"))?;
-        if timers.is_empty() {
+    /// Proposes the next batch of the sweep under way, if any: tombstones past their
+    /// retention, oldest first, with the sweep's cutoff (cluster time minus the retention).
+    async fn expire_tombstones(&mut self) -> Result<(), String> {
+        let Some(batch) = self.expiry.next_batch(&self.tombstones)? else {
             return Ok(());
-        }
-        match self
-            .group
-            .client_write(Command::Expire { timers, before_ms })
-            .await
-        {
+        };
+        let count = batch.timers.len();
+        let command = Command::Expire {
+            timers: batch.timers,
+            before_ms: batch.before_ms,
+        };
+        match self.group.client_write(command).await {
             Ok(r) => {
-                debug!(partition = self.partition, outcome = ?r.data, "tombstones expired");
+                debug!(
+                    partition = self.partition,
+                    count,
+                    before_ms = batch.before_ms,
+                    outcome = ?r.data,
+                    "tombstones expired"
+                );
                 Ok(())
             }
             Err(e) => Err(format!("expiry not committed: {e}")),
