@@ -411,3 +411,179 @@ async fn a_partitions_timers_fire_in_order() {
         .windows(2)
         .all(|w| w[0].fired_at_ms <= w[1].fired_at_ms));
 }
+
+/// A worker that stops (SIGSTOP) while holding deliveries keeps its TCP connections but
+/// answers nothing: the nodes' HTTP/2 keepalive closes its streams and every delivery it held
+/// reaches the queue's other worker, none of them a first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_workers_deliveries_go_to_another_worker() {
+    let c = Cluster::start(Options {
+        extra_toml: "[timers]\nack_timeout = \"3s\"\n\
+                     [grpc]\nhttp2_keepalive_interval = \"2s\"\nhttp2_keepalive_timeout = \"3s\"\n"
+            .into(),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let stopped = c.worker("q", &["--credits", "1000"]).unwrap();
+    let connected = || c.metric_total("hourglass_workers_connected").unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        || connected() == 3.0,
+        "worker on every node",
+    )
+    .await;
+    stopped.pause().unwrap();
+    let client = c.client();
+    let due = now_ms() + 300;
+    let mut expected = BTreeSet::new();
+    let batch = (0..50u64)
+        .map(|i| {
+            expected.insert((format!("wf-{i}"), "t".to_string()));
+            schedule_at(&format!("wf-{i}"), "t", "q", due, "")
+        })
+        .collect();
+    for r in client.schedule_batch(batch).await.unwrap() {
+        r.unwrap();
+    }
+    // Every first attempt went to the stopped worker, its only subscriber.
+    let delivered = || c.metric_total("hourglass_timers_delivered_total").unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        || delivered() >= 50.0,
+        "first deliveries",
+    )
+    .await;
+    let rescuer = c.worker("q", &[]).unwrap();
+    let seen = rescuer
+        .wait_for(Duration::from_secs(30), |s| keys(s).is_superset(&expected))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; missing {:?}", missing(&expected, &rescuer)));
+    assert!(
+        seen.iter().all(|s| s.attempt >= 2),
+        "first attempts went to the stopped worker"
+    );
+    // The stopped worker's streams are gone (the rescuer's three remain) while it is still
+    // stopped: keepalive found it.
+    wait_until(
+        Duration::from_secs(20),
+        || connected() == 3.0,
+        "stopped worker dropped",
+    )
+    .await;
+    assert_eq!(stopped.seen().len(), 0, "a stopped process prints nothing");
+}
+
+/// A stream may acknowledge only what was delivered to it: a raw gRPC client's ack of a timer
+/// delivered to another stream is refused and counted, the timer stays FIRED and is delivered
+/// again when its holder leaves, and the ack of its new holder completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_of_a_timer_delivered_to_another_stream_is_refused() {
+    use hourglass_proto::v1::worker_message::Message;
+    use hourglass_proto::v1::workers_client::WorkersClient;
+
+    let c = Cluster::start(Options {
+        extra_toml: "[timers]\nack_timeout = \"30s\"\n".into(),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let leader = c
+        .leader_of(partition_for("owned", c.partitions))
+        .await
+        .unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", c.node(leader).addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // A stream of queue `q` with one credit: its sender, and its deliveries.
+    let subscribe = |worker: &'static str| {
+        let channel = channel.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(v1::WorkerMessage {
+                message: Some(Message::Start(v1::SubscribeStart {
+                    queue: "q".into(),
+                    worker_id: worker.into(),
+                    credits: 1,
+                })),
+            })
+            .await
+            .unwrap();
+            let deliveries = WorkersClient::new(channel)
+                .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            (tx, deliveries)
+        }
+    };
+    let ack = |workflow_id: &str, timer_id: &str| v1::WorkerMessage {
+        message: Some(Message::Ack(v1::Ack {
+            workflow_id: workflow_id.into(),
+            timer_id: timer_id.into(),
+        })),
+    };
+    let (holder_tx, mut holder) = subscribe("holder").await;
+    let client = c.client();
+    client
+        .schedule(schedule_at("owned", "t", "q", now_ms() + 300, ""))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(15), holder.message())
+        .await
+        .expect("delivered within 15 s")
+        .unwrap()
+        .expect("a delivery");
+    assert_eq!((first.timer_id.as_str(), first.attempt), ("t", 1));
+
+    let (intruder_tx, mut intruder) = subscribe("intruder").await;
+    intruder_tx.send(ack("owned", "t")).await.unwrap();
+    // A key never delivered anywhere is refused the same way.
+    intruder_tx.send(ack("owned", "never")).await.unwrap();
+    let refused = || c.metric(leader, "hourglass_acks_refused_total").unwrap();
+    wait_until(Duration::from_secs(10), || refused() >= 2.0, "acks refused").await;
+    let state = client.get("owned", "t").await.unwrap().state;
+    assert_eq!(
+        state,
+        v1::TimerState::Fired as i32,
+        "a refused ack completed"
+    );
+
+    // The holder leaves: the timer is still in flight and goes to the other stream.
+    drop(holder_tx);
+    drop(holder);
+    let again = tokio::time::timeout(Duration::from_secs(15), intruder.message())
+        .await
+        .expect("redelivered within 15 s")
+        .unwrap()
+        .expect("a delivery");
+    assert_eq!((again.timer_id.as_str(), again.attempt), ("t", 2));
+    intruder_tx.send(ack("owned", "t")).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = client.get("owned", "t").await.unwrap().state;
+        if state == v1::TimerState::Completed as i32 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never completed: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(refused(), 2.0);
+}
+
+/// Polls `cond` every 100 ms until it holds.
+async fn wait_until(within: Duration, cond: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -225,6 +225,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// The value of the metric `name` (a line `name{…} value`) on node `id`, summed over its
+    /// label sets; 0 when absent.
+    pub fn metric(&self, id: u64, name: &str) -> Result<f64> {
+        let (code, body) = self.http_get(id, "/metrics")?;
+        if code != 200 {
+            bail!("/metrics of node {id} answered {code}");
+        }
+        Ok(body
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// [`Cluster::metric`] summed over every node.
+    pub fn metric_total(&self, name: &str) -> Result<f64> {
+        self.nodes.iter().map(|n| self.metric(n.id, name)).sum()
+    }
+
     /// GET `path` from node `id`'s HTTP port: the status code and the body.
     pub fn http_get(&self, id: u64, path: &str) -> Result<(u16, String)> {
         use std::io::{Read, Write};
@@ -422,6 +441,22 @@ impl WorkerProc {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGSTOP: the process keeps its connections but neither reads nor answers (not even
+    /// HTTP/2 pings). Dropping the worker still kills it.
+    pub fn pause(&self) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-STOP", &self.pid().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -STOP failed: {status}");
+        }
+        Ok(())
     }
 
     /// Waits until `pred` holds over the deliveries seen so far.

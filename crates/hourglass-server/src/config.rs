@@ -166,6 +166,11 @@ pub struct TimersConfig {
     /// name (G6).
     #[serde(rename = "tombstone_retention", with = "millis")]
     pub tombstone_retention_ms: u64,
+    /// Key `timers.idle_stream_timeout`: a worker stream that sends no message for this long
+    /// after it was sent a delivery is closed, and its deliveries go to other workers. At least
+    /// `ack_timeout`, so that it never takes a delivery back before its ack timeout would.
+    #[serde(rename = "idle_stream_timeout", with = "millis")]
+    pub idle_stream_timeout_ms: u64,
 }
 
 impl Default for TimersConfig {
@@ -176,6 +181,36 @@ impl Default for TimersConfig {
             batch: 1_000,
             ack_timeout_ms: 30_000,
             tombstone_retention_ms: 24 * 3600 * 1000,
+            idle_stream_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Liveness of the gRPC port's connections (workers, clients and peers alike): a peer that
+/// stops answering (a SIGSTOPped worker, a dead host, a dropped NAT entry) loses its
+/// connection, and a worker's deliveries go back to its queue, instead of waiting forever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Key `grpc.http2_keepalive_interval`: an HTTP/2 PING goes to each connection this often.
+    #[serde(rename = "http2_keepalive_interval", with = "millis")]
+    pub http2_keepalive_interval_ms: u64,
+    /// Key `grpc.http2_keepalive_timeout`: a connection whose PING is not answered within this
+    /// is closed.
+    #[serde(rename = "http2_keepalive_timeout", with = "millis")]
+    pub http2_keepalive_timeout_ms: u64,
+    /// Key `grpc.tcp_keepalive`: idle time before the kernel probes a connection (SO_KEEPALIVE),
+    /// which also finds hosts that vanished without closing their sockets.
+    #[serde(rename = "tcp_keepalive", with = "millis")]
+    pub tcp_keepalive_ms: u64,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            http2_keepalive_interval_ms: 10_000,
+            http2_keepalive_timeout_ms: 20_000,
+            tcp_keepalive_ms: 60_000,
         }
     }
 }
@@ -235,6 +270,7 @@ pub struct NodeConfig {
     pub max_clock_offset_ms: u64,
     pub raft: RaftConfig,
     pub timers: TimersConfig,
+    pub grpc: GrpcConfig,
     pub fault: FaultConfig,
     /// One-time recovery of a node whose data was lost (`--rejoin`), never stored in a file.
     #[serde(skip)]
@@ -257,6 +293,7 @@ impl Default for NodeConfig {
             max_clock_offset_ms: 500,
             raft: RaftConfig::default(),
             timers: TimersConfig::default(),
+            grpc: GrpcConfig::default(),
             fault: FaultConfig::default(),
             rejoin: false,
         }
@@ -445,6 +482,26 @@ impl NodeConfig {
                 "timers.ack_timeout must be at least 100ms, got {}",
                 human(t.ack_timeout_ms)
             ));
+        }
+        if t.idle_stream_timeout_ms < t.ack_timeout_ms {
+            return bad(format!(
+                "timers.idle_stream_timeout ({}) must be at least timers.ack_timeout ({})",
+                human(t.idle_stream_timeout_ms),
+                human(t.ack_timeout_ms)
+            ));
+        }
+        let g = &self.grpc;
+        for (key, ms) in [
+            (
+                "grpc.http2_keepalive_interval",
+                g.http2_keepalive_interval_ms,
+            ),
+            ("grpc.http2_keepalive_timeout", g.http2_keepalive_timeout_ms),
+            ("grpc.tcp_keepalive", g.tcp_keepalive_ms),
+        ] {
+            if ms < 100 {
+                return bad(format!("{key} must be at least 100ms, got {}", human(ms)));
+            }
         }
         if self.request_timeout_ms == 0 {
             return bad("request_timeout must be positive".into());
@@ -1082,6 +1139,12 @@ mod tests {
                 batch: 10,
                 ack_timeout_ms: 5_000,
                 tombstone_retention_ms: 3_600_000,
+                idle_stream_timeout_ms: 45_000,
+            },
+            grpc: GrpcConfig {
+                http2_keepalive_interval_ms: 5_000,
+                http2_keepalive_timeout_ms: 7_000,
+                tcp_keepalive_ms: 30_000,
             },
             fault: FaultConfig {
                 lose_fired_fraction: 0.25,
@@ -1121,8 +1184,9 @@ mod tests {
         let defaults = NodeConfig::default();
         assert_ne!(config.raft, defaults.raft);
         assert_ne!(config.timers, defaults.timers);
+        assert_ne!(config.grpc, defaults.grpc);
         let all = keys();
-        assert_eq!(all.len(), 23, "{all:?}");
+        assert_eq!(all.len(), 27, "{all:?}");
         let pairs = printed(&config);
         for (key, text) in &pairs {
             let default_text = &printed(&defaults)
@@ -1333,6 +1397,33 @@ mod tests {
             ),
             "{e}"
         );
+        let e = NodeConfig {
+            timers: TimersConfig {
+                ack_timeout_ms: 90_000,
+                ..Default::default()
+            },
+            ..single.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "timers.idle_stream_timeout (1m) must be at least timers.ack_timeout (1m 30s)"
+            ),
+            "{e}"
+        );
+        let e = NodeConfig {
+            grpc: GrpcConfig {
+                http2_keepalive_timeout_ms: 0,
+                ..Default::default()
+            },
+            ..single.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("grpc.http2_keepalive_timeout"), "{e}");
         assert!("x".parse::<Peer>().is_err());
         assert!("1=".parse::<Peer>().is_err());
         assert_eq!("7=10.0.0.1:7001".parse::<Peer>().unwrap().id, 7);

@@ -5,6 +5,16 @@
 //! acknowledged within the ack timeout, or held by a worker that disconnects, goes back to the
 //! front of its queue with attempt + 1 (G5). Acks are handed to the partition's engine, which
 //! commits them as `Complete` proposals.
+//!
+//! Memory stays bounded whatever the workers do (G8): each stream's buffer holds at most its
+//! credits, and a delivery is only ever offered to it with `try_send` under the lock, so a
+//! worker that stops reading fills its buffer and then gets nothing more (its share stays
+//! pending for the queue's other workers). A stream that sends no message for the idle timeout
+//! after it was sent a delivery is closed, and what it held goes to other workers.
+//!
+//! A stream acknowledges only what it holds: a delivery made on it and not since taken back.
+//! Any other ack (never delivered to it, delivered to another stream, already acknowledged,
+//! timed out and pending or redelivered) is refused, counted, and never completes the timer.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -12,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use hourglass_proto::v1;
 use hourglass_types::{TimerKey, TimerRecord};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::convert;
 use crate::metrics::Metrics;
@@ -28,9 +38,15 @@ struct Inflight {
 
 struct WorkerState {
     queue: String,
-    tx: mpsc::UnboundedSender<v1::Delivery>,
+    /// Bounded by the stream's credits: a worker that stops reading cannot grow it.
+    tx: mpsc::Sender<v1::Delivery>,
+    /// Fired (then dropped) when the dispatcher closes the stream for idleness.
+    closed: oneshot::Sender<()>,
     credits: u32,
     holding: HashSet<TimerKey>,
+    /// When the first delivery since the stream's last message was sent: the stream has been
+    /// silent since then.
+    unanswered_since: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -55,6 +71,30 @@ struct State {
 pub struct DispatchStats {
     pub inflight: usize,
     pub workers: usize,
+    /// Deliveries waiting for a worker (stale keys of detached partitions included).
+    pub pending: usize,
+}
+
+/// One worker stream's end of the dispatcher.
+pub struct Subscription {
+    pub worker: WorkerId,
+    /// At most the stream's credits deliveries wait here.
+    pub deliveries: mpsc::Receiver<v1::Delivery>,
+    /// Resolves when the dispatcher closed the stream because it stayed idle (see
+    /// [`Dispatcher::expire`]).
+    pub closed: oneshot::Receiver<()>,
+}
+
+/// Why an ack was refused. Never an error of the stream: a late ack racing the ack timeout is
+/// an ordinary event, and the timer is redelivered (G5) or was already completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckRefused {
+    /// The timer is not in flight on this node: never fired here, already acknowledged, or
+    /// of a partition this node no longer leads.
+    NotInFlight,
+    /// The timer is in flight, but not held by this stream: delivered to another stream, or
+    /// taken back after a timeout and pending again.
+    NotHolder,
 }
 
 /// The time a delivery is stamped with (`delivered_at`): the node's cluster time.
@@ -63,15 +103,24 @@ pub type DeliveryClock = Box<dyn Fn() -> u64 + Send + Sync>;
 pub struct Dispatcher {
     state: Mutex<State>,
     ack_timeout: Duration,
+    idle_timeout: Duration,
     metrics: Arc<Metrics>,
     now_ms: DeliveryClock,
 }
 
 impl Dispatcher {
-    pub fn new(ack_timeout: Duration, metrics: Arc<Metrics>, now_ms: DeliveryClock) -> Self {
+    /// `idle_timeout`: how long a stream that was sent a delivery may stay silent before it is
+    /// closed.
+    pub fn new(
+        ack_timeout: Duration,
+        idle_timeout: Duration,
+        metrics: Arc<Metrics>,
+        now_ms: DeliveryClock,
+    ) -> Self {
         Dispatcher {
             state: Mutex::new(State::default()),
             ack_timeout,
+            idle_timeout,
             metrics,
             now_ms,
         }
@@ -87,6 +136,7 @@ impl Dispatcher {
         DispatchStats {
             inflight: s.inflight.len(),
             workers: s.workers.len(),
+            pending: s.queues.values().map(|q| q.pending.len()).sum(),
         }
     }
 
@@ -151,13 +201,12 @@ impl Dispatcher {
         }
     }
 
-    /// Registers a worker of `queue` that may hold `credits` unacknowledged deliveries.
-    pub fn subscribe(
-        &self,
-        queue: &str,
-        credits: u32,
-    ) -> (WorkerId, mpsc::UnboundedReceiver<v1::Delivery>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// Registers a worker of `queue` that may hold `credits` (at least 1) unacknowledged
+    /// deliveries.
+    pub fn subscribe(&self, queue: &str, credits: u32) -> Subscription {
+        // The buffer holds what the stream may hold, and no more.
+        let (tx, deliveries) = mpsc::channel(credits as usize);
+        let (closed_tx, closed) = oneshot::channel();
         let mut s = self.lock();
         s.next_worker += 1;
         let id = s.next_worker;
@@ -166,8 +215,10 @@ impl Dispatcher {
             WorkerState {
                 queue: queue.to_owned(),
                 tx,
+                closed: closed_tx,
                 credits,
                 holding: HashSet::new(),
+                unanswered_since: None,
             },
         );
         s.queues
@@ -177,64 +228,71 @@ impl Dispatcher {
             .push(id);
         self.metrics.workers_connected.inc();
         pump(&mut s, queue, self.ack_timeout, &self.metrics, &self.now_ms);
-        (id, rx)
+        Subscription {
+            worker: id,
+            deliveries,
+            closed,
+        }
     }
 
     /// The worker is gone: what it held is delivered again to others.
     pub fn unsubscribe(&self, worker: WorkerId) {
         let mut s = self.lock();
-        let Some(w) = s.workers.remove(&worker) else {
-            return;
-        };
-        self.metrics.workers_connected.dec();
-        if let Some(q) = s.queues.get_mut(&w.queue) {
-            q.workers.retain(|&id| id != worker);
+        if let Some(w) = remove_worker(&mut s, worker, &self.metrics) {
+            pump(
+                &mut s,
+                &w.queue,
+                self.ack_timeout,
+                &self.metrics,
+                &self.now_ms,
+            );
         }
-        for key in w.holding {
-            requeue(&mut s, key);
+    }
+
+    /// A worker acknowledged a delivery. Only the stream holding it may: an ack of anything
+    /// else is refused and counted, and the timer stays in flight for its holder or its next
+    /// attempt. Completing it on the word of another stream would complete a timer whose
+    /// current attempt may still fail, and would let one worker complete another's timers.
+    pub fn ack(&self, worker: WorkerId, key: &TimerKey) -> Result<(), AckRefused> {
+        let mut s = self.lock();
+        // Any message shows the stream is alive, even an ack that is refused.
+        if let Some(w) = s.workers.get_mut(&worker) {
+            w.unanswered_since = None;
+        }
+        let holder = match s.inflight.get(key) {
+            None => Err(AckRefused::NotInFlight),
+            Some(i) => match i.holder {
+                Some((holder, _)) if holder == worker => Ok(()),
+                _ => Err(AckRefused::NotHolder),
+            },
+        };
+        if let Err(refused) = holder {
+            self.metrics.acks_refused.inc();
+            return Err(refused);
+        }
+        let inflight = s.inflight.remove(key).expect("checked in flight");
+        self.metrics.timers_acked.inc();
+        if let Some(w) = s.workers.get_mut(&worker) {
+            w.holding.remove(key);
+            w.credits += 1;
+        }
+        if let Some(sink) = s.ack_sinks.get(&inflight.partition) {
+            let _ = sink.send(key.clone());
         }
         pump(
             &mut s,
-            &w.queue,
+            &inflight.record.definition.queue,
             self.ack_timeout,
             &self.metrics,
             &self.now_ms,
         );
+        Ok(())
     }
 
-    /// A worker acknowledged a delivery. Acks of deliveries it no longer holds (timed out and
-    /// handed to another worker, or of a partition this node stopped leading) still complete
-    /// the timer: the work was done.
-    pub fn ack(&self, worker: WorkerId, key: &TimerKey) {
-        let mut s = self.lock();
-        let mut queue = None;
-        if let Some(w) = s.workers.get_mut(&worker) {
-            if w.holding.remove(key) {
-                w.credits += 1;
-                queue = Some(w.queue.clone());
-            }
-        }
-        if let Some(inflight) = s.inflight.remove(key) {
-            self.metrics.timers_acked.inc();
-            if let Some((holder, _)) = inflight.holder {
-                if holder != worker {
-                    if let Some(w) = s.workers.get_mut(&holder) {
-                        w.holding.remove(key);
-                        w.credits += 1;
-                    }
-                }
-            }
-            if let Some(sink) = s.ack_sinks.get(&inflight.partition) {
-                let _ = sink.send(key.clone());
-            }
-            queue.get_or_insert(inflight.record.definition.queue);
-        }
-        if let Some(q) = queue {
-            pump(&mut s, &q, self.ack_timeout, &self.metrics, &self.now_ms);
-        }
-    }
-
-    /// Takes back deliveries whose ack deadline passed, to deliver them again.
+    /// Takes back deliveries whose ack deadline passed and closes the streams that stayed
+    /// silent for the idle timeout after being sent a delivery, to deliver all of it again;
+    /// then offers every queue's pending deliveries once more, since a stream whose full
+    /// buffer refused them may have drained it.
     pub fn expire(&self, now: Instant) {
         let mut s = self.lock();
         let late: Vec<(TimerKey, WorkerId)> = s
@@ -245,22 +303,52 @@ impl Dispatcher {
                 _ => None,
             })
             .collect();
-        let mut queues = HashSet::new();
         for (key, worker) in late {
             if let Some(w) = s.workers.get_mut(&worker) {
                 w.holding.remove(&key);
                 w.credits += 1;
-                queues.insert(w.queue.clone());
-            }
-            if let Some(i) = s.inflight.get(&key) {
-                queues.insert(i.record.definition.queue.clone());
             }
             requeue(&mut s, key);
         }
+        let idle: Vec<WorkerId> = s
+            .workers
+            .iter()
+            .filter(|(_, w)| {
+                w.unanswered_since
+                    .is_some_and(|since| since + self.idle_timeout <= now)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for worker in idle {
+            if let Some(w) = remove_worker(&mut s, worker, &self.metrics) {
+                self.metrics.worker_streams_idle_closed.inc();
+                // The stream's task ends the stream with an error saying why.
+                let _ = w.closed.send(());
+            }
+        }
+        let queues: Vec<String> = s
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.pending.is_empty() && !q.workers.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
         for q in queues {
             pump(&mut s, &q, self.ack_timeout, &self.metrics, &self.now_ms);
         }
     }
+}
+
+/// Removes a worker, putting what it held back for others.
+fn remove_worker(s: &mut State, worker: WorkerId, metrics: &Metrics) -> Option<WorkerState> {
+    let mut w = s.workers.remove(&worker)?;
+    metrics.workers_connected.dec();
+    if let Some(q) = s.queues.get_mut(&w.queue) {
+        q.workers.retain(|&id| id != worker);
+    }
+    for key in std::mem::take(&mut w.holding) {
+        requeue(s, key);
+    }
+    Some(w)
 }
 
 /// Puts a held delivery back at the front of its queue for another attempt.
@@ -291,12 +379,19 @@ fn pump(
     let Some(q) = queues.get_mut(queue) else {
         return;
     };
+    // Streams whose buffer refused a delivery in this round; none is tried twice, so a round
+    // ends even if every stream's buffer is full.
+    let mut refused: Vec<WorkerId> = Vec::new();
     while !q.pending.is_empty() && !q.workers.is_empty() {
         let n = q.workers.len();
         let Some(pick) = (0..n).map(|i| (q.next + i) % n).find(|&i| {
-            workers
-                .get(&q.workers[i])
-                .is_some_and(|w| w.credits > 0 && !w.tx.is_closed())
+            let id = q.workers[i];
+            !refused.contains(&id)
+                && workers.get(&id).is_some_and(|w| {
+                    // A stream's buffer can be full with credit left: deliveries it has not
+                    // read yet timed out and gave their credit back.
+                    w.credits > 0 && w.tx.capacity() > 0 && !w.tx.is_closed()
+                })
         }) else {
             return;
         };
@@ -329,17 +424,21 @@ fn pump(
         };
         // G2: the state machine fires a timer only at or after its due time.
         debug_assert!(r.fired_at_ms.is_some_and(|f| f >= r.fire_at_ms));
-        if w.tx.send(delivery).is_err() {
+        // Never waits: the lock is held. A full or closed buffer leaves the delivery pending.
+        if w.tx.try_send(delivery).is_err() {
             q.pending.push_front(key);
+            refused.push(worker_id);
             continue;
         }
         w.credits -= 1;
         w.holding.insert(key);
+        let now = Instant::now();
+        w.unanswered_since.get_or_insert(now);
         metrics.timers_delivered.inc();
         if item.attempt > 1 {
             metrics.timers_redelivered.inc();
         }
-        item.holder = Some((worker_id, Instant::now() + ack_timeout));
+        item.holder = Some((worker_id, now + ack_timeout));
     }
 }
 
@@ -369,7 +468,7 @@ mod tests {
         }
     }
 
-    fn ids(rx: &mut mpsc::UnboundedReceiver<v1::Delivery>) -> Vec<(String, u32)> {
+    fn ids(rx: &mut mpsc::Receiver<v1::Delivery>) -> Vec<(String, u32)> {
         let mut out = Vec::new();
         while let Ok(d) = rx.try_recv() {
             out.push((d.timer_id, d.attempt));
@@ -377,24 +476,39 @@ mod tests {
         out
     }
 
-    #[test]
-    fn kept_until_a_worker_subscribes_then_credit_bounded_round_robin() {
-        let d = Dispatcher::new(
-            Duration::from_secs(30),
+    const IDLE: Duration = Duration::from_secs(600);
+
+    fn dispatcher(ack_timeout: Duration) -> Dispatcher {
+        Dispatcher::new(
+            ack_timeout,
+            IDLE,
             Arc::new(Metrics::new(1)),
             Box::new(convert::now_ms),
-        );
+        )
+    }
+
+    fn key(id: &str) -> TimerKey {
+        record(id, "q").key
+    }
+
+    #[test]
+    fn kept_until_a_worker_subscribes_then_credit_bounded_round_robin() {
+        let d = dispatcher(Duration::from_secs(30));
         let (acks, mut acked) = mpsc::unbounded_channel();
         d.attach_partition(0, acks);
         d.offer(0, (0..5).map(|i| (record(&format!("t{i}"), "q"), 1)));
-        let (a, mut rx_a) = d.subscribe("q", 2);
-        let (_b, mut rx_b) = d.subscribe("q", 1);
+        let Subscription {
+            worker: a,
+            deliveries: mut rx_a,
+            ..
+        } = d.subscribe("q", 2);
+        let mut rx_b = d.subscribe("q", 1).deliveries;
         assert_eq!(ids(&mut rx_a), vec![("t0".into(), 1), ("t1".into(), 1)]);
         assert_eq!(ids(&mut rx_b), vec![("t2".into(), 1)]);
         // Other queues never see them.
-        let (_c, mut rx_c) = d.subscribe("other", 10);
+        let mut rx_c = d.subscribe("other", 10).deliveries;
         assert!(ids(&mut rx_c).is_empty());
-        d.ack(a, &record("t0", "q").key);
+        d.ack(a, &key("t0")).unwrap();
         assert_eq!(acked.try_recv().unwrap().timer_id, "t0");
         assert_eq!(ids(&mut rx_a), vec![("t3".into(), 1)]);
         assert_eq!(d.stats().inflight, 4);
@@ -402,17 +516,17 @@ mod tests {
 
     #[test]
     fn disconnect_and_ack_timeout_redeliver_with_next_attempt() {
-        let d = Dispatcher::new(
-            Duration::from_millis(10),
-            Arc::new(Metrics::new(1)),
-            Box::new(convert::now_ms),
-        );
+        let d = dispatcher(Duration::from_millis(10));
         let (acks, _acked) = mpsc::unbounded_channel();
         d.attach_partition(0, acks);
         d.offer(0, [(record("t", "q"), 1)]);
-        let (a, mut rx_a) = d.subscribe("q", 1);
+        let Subscription {
+            worker: a,
+            deliveries: mut rx_a,
+            ..
+        } = d.subscribe("q", 1);
         assert_eq!(ids(&mut rx_a), vec![("t".into(), 1)]);
-        let (_b, mut rx_b) = d.subscribe("q", 1);
+        let mut rx_b = d.subscribe("q", 1).deliveries;
         d.unsubscribe(a);
         assert_eq!(ids(&mut rx_b), vec![("t".into(), 2)]);
         d.expire(Instant::now() + Duration::from_secs(1));
@@ -421,19 +535,158 @@ mod tests {
 
     #[test]
     fn detaching_a_partition_drops_its_deliveries() {
-        let d = Dispatcher::new(
-            Duration::from_secs(30),
-            Arc::new(Metrics::new(1)),
-            Box::new(convert::now_ms),
-        );
+        let d = dispatcher(Duration::from_secs(30));
         let (acks, _acked) = mpsc::unbounded_channel();
         d.attach_partition(7, acks);
         d.offer(7, [(record("t", "q"), 1), (record("u", "q"), 1)]);
-        let (_a, mut rx) = d.subscribe("q", 1);
+        let mut rx = d.subscribe("q", 1).deliveries;
         assert_eq!(ids(&mut rx).len(), 1);
         d.detach_partition(7);
         assert_eq!(d.stats().inflight, 0);
         d.expire(Instant::now() + Duration::from_secs(60));
         assert!(ids(&mut rx).is_empty());
+    }
+
+    /// A worker that never reads holds at most its credits in its buffer, however many ack
+    /// timeouts pass; the rest waits for, then goes to, another worker.
+    #[test]
+    fn a_stream_that_stops_reading_buffers_at_most_its_credits() {
+        let metrics = Arc::new(Metrics::new(1));
+        let d = Dispatcher::new(
+            Duration::from_millis(10),
+            IDLE,
+            Arc::clone(&metrics),
+            Box::new(convert::now_ms),
+        );
+        let (acks, _acked) = mpsc::unbounded_channel();
+        d.attach_partition(0, acks);
+        d.offer(0, (0..20).map(|i| (record(&format!("t{i}"), "q"), 1)));
+        let stopped = d.subscribe("q", 3);
+        assert_eq!(stopped.deliveries.len(), 3);
+        let mut now = Instant::now();
+        for _ in 0..50 {
+            // Each timeout gives the credit back; the unread buffer refuses the refill.
+            now += Duration::from_secs(1);
+            d.expire(now);
+            assert_eq!(stopped.deliveries.len(), 3);
+            assert_eq!(d.stats().pending, 20);
+        }
+        assert_eq!(
+            metrics.timers_delivered.get(),
+            3,
+            "no refill of a full buffer"
+        );
+        let mut reader = d.subscribe("q", 100);
+        let got = ids(&mut reader.deliveries);
+        assert_eq!(got.len(), 20, "everything goes to the worker that reads");
+        assert_eq!(got.iter().filter(|(_, attempt)| *attempt > 1).count(), 3);
+        // The stopped stream's buffer never grew.
+        assert_eq!(stopped.deliveries.len(), 3);
+    }
+
+    /// A stream acknowledges only what it holds; any other ack is refused, counted, and
+    /// never reaches the engine.
+    #[test]
+    fn only_the_holding_stream_may_acknowledge() {
+        let metrics = Arc::new(Metrics::new(1));
+        let d = Dispatcher::new(
+            Duration::from_secs(30),
+            IDLE,
+            Arc::clone(&metrics),
+            Box::new(convert::now_ms),
+        );
+        let (acks, mut acked) = mpsc::unbounded_channel();
+        d.attach_partition(0, acks);
+        d.offer(0, [(record("t", "q"), 1), (record("u", "q"), 1)]);
+        let mut a = d.subscribe("q", 1);
+        let mut b = d.subscribe("q", 1);
+        assert_eq!(ids(&mut a.deliveries), vec![("t".into(), 1)]);
+        assert_eq!(ids(&mut b.deliveries), vec![("u".into(), 1)]);
+        // Delivered to another stream.
+        assert_eq!(d.ack(b.worker, &key("t")), Err(AckRefused::NotHolder));
+        // Never delivered at all.
+        assert_eq!(d.ack(b.worker, &key("never")), Err(AckRefused::NotInFlight));
+        // The holder still may, once.
+        assert_eq!(d.ack(a.worker, &key("t")), Ok(()));
+        assert_eq!(acked.try_recv().unwrap().timer_id, "t");
+        assert_eq!(d.ack(a.worker, &key("t")), Err(AckRefused::NotInFlight));
+        assert!(acked.try_recv().is_err(), "a refused ack never completes");
+        assert_eq!(metrics.acks_refused.get(), 3);
+        assert_eq!(metrics.timers_acked.get(), 1);
+        assert_eq!(d.stats().inflight, 1);
+    }
+
+    /// After an ack timeout the delivery is no longer the late stream's, whether it waits for
+    /// a worker or went to another one.
+    #[test]
+    fn a_timed_out_delivery_is_no_longer_the_late_streams_to_acknowledge() {
+        let metrics = Arc::new(Metrics::new(1));
+        let d = Dispatcher::new(
+            Duration::from_millis(10),
+            IDLE,
+            Arc::clone(&metrics),
+            Box::new(convert::now_ms),
+        );
+        let (acks, mut acked) = mpsc::unbounded_channel();
+        d.attach_partition(0, acks);
+        d.offer(0, [(record("t", "q"), 1)]);
+        // The late stream does not read: its full buffer refuses the delivery's next attempt.
+        let mut late = d.subscribe("q", 1);
+        d.expire(Instant::now() + Duration::from_secs(1));
+        assert_eq!(d.stats().pending, 1);
+        assert_eq!(d.ack(late.worker, &key("t")), Err(AckRefused::NotHolder));
+        let mut other = d.subscribe("q", 1);
+        assert_eq!(ids(&mut other.deliveries), vec![("t".into(), 2)]);
+        // The late stream reads its stale copy and acknowledges it: still not its to ack.
+        assert_eq!(ids(&mut late.deliveries), vec![("t".into(), 1)]);
+        assert_eq!(d.ack(late.worker, &key("t")), Err(AckRefused::NotHolder));
+        assert!(acked.try_recv().is_err(), "a refused ack never completes");
+        assert_eq!(d.ack(other.worker, &key("t")), Ok(()));
+        assert_eq!(acked.try_recv().unwrap().timer_id, "t");
+        assert_eq!(metrics.acks_refused.get(), 2);
+    }
+
+    /// A stream sent a delivery that then says nothing for the idle timeout is closed; its
+    /// deliveries go to another worker. Any message, even a refused ack, restarts the wait.
+    #[test]
+    fn a_stream_silent_after_a_delivery_is_closed_after_the_idle_timeout() {
+        let metrics = Arc::new(Metrics::new(1));
+        let idle = Duration::from_secs(60);
+        let d = Dispatcher::new(
+            Duration::from_secs(600),
+            idle,
+            Arc::clone(&metrics),
+            Box::new(convert::now_ms),
+        );
+        let (acks, _acked) = mpsc::unbounded_channel();
+        d.attach_partition(0, acks);
+        // Waiting for work is not idleness.
+        let mut quiet = d.subscribe("q", 2);
+        let start = Instant::now();
+        d.expire(start + idle * 10);
+        assert_eq!(d.stats().workers, 1);
+        d.offer(0, [(record("t", "q"), 1)]);
+        assert_eq!(ids(&mut quiet.deliveries).len(), 1);
+        let sent = Instant::now();
+        d.expire(sent + idle / 2);
+        assert_eq!(
+            d.ack(quiet.worker, &key("nope")),
+            Err(AckRefused::NotInFlight)
+        );
+        // The refused ack answered: the delivery is not unanswered any more.
+        d.expire(sent + idle + Duration::from_millis(1));
+        assert_eq!(d.stats().workers, 1);
+        assert!(quiet.closed.try_recv().is_err());
+        // The next delivery starts a new wait, which runs out.
+        d.offer(0, [(record("u", "q"), 1)]);
+        assert_eq!(ids(&mut quiet.deliveries).len(), 1);
+        let mut rescuer = d.subscribe("q", 5);
+        d.expire(Instant::now() + idle);
+        assert_eq!(quiet.closed.try_recv(), Ok(()));
+        assert_eq!(d.stats().workers, 1);
+        assert_eq!(metrics.workers_connected.get(), 1);
+        let mut got = ids(&mut rescuer.deliveries);
+        got.sort();
+        assert_eq!(got, vec![("t".into(), 2), ("u".into(), 2)]);
     }
 }

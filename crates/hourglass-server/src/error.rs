@@ -62,6 +62,10 @@ pub enum Error {
         node: NodeId,
         status: Box<tonic::Status>,
     },
+    /// A worker stream sent nothing for this long after it was sent a delivery: closed, and
+    /// its deliveries went to other workers. Resubscribing is safe.
+    #[error("worker stream closed: no message for {idle_ms} ms after a delivery (timers.idle_stream_timeout); its deliveries go to other workers")]
+    WorkerIdle { idle_ms: u64 },
     /// A client's request stream failed.
     #[error("request stream: {}", .0.message())]
     Stream(Box<tonic::Status>),

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub timers_delivered: IntCounter,
     pub timers_acked: IntCounter,
     pub timers_redelivered: IntCounter,
+    pub acks_refused: IntCounter,
+    pub worker_streams_idle_closed: IntCounter,
     pub timers_pending: IntGaugeVec,
     pub timers_in_memory: IntGaugeVec,
     pub fire_lateness: Histogram,
@@ -143,6 +145,16 @@ impl Metrics {
                 r,
                 "timers_redelivered_total",
                 "Deliveries made again after a timeout, disconnect or failover.",
+            ),
+            acks_refused: counter(
+                r,
+                "acks_refused_total",
+                "Acks refused because their stream did not hold the delivery (never delivered to it, held by another stream, already acknowledged, or timed out).",
+            ),
+            worker_streams_idle_closed: counter(
+                r,
+                "worker_streams_idle_closed_total",
+                "Worker streams closed for sending nothing for timers.idle_stream_timeout after a delivery.",
             ),
             timers_pending: gauge_vec(
                 r,

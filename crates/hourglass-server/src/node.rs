@@ -15,8 +15,8 @@ use hourglass_proto::v1::timers_server::TimersServer;
 use hourglass_proto::v1::workers_server::WorkersServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tracing::{error, info};
@@ -103,8 +103,13 @@ impl Node {
         set_health(&mut health, ServingStatus::NotServing).await;
         let (reflection_v1, reflection_v1alpha) = reflection()?;
 
+        let grpc = &config.grpc;
+        let ms = std::time::Duration::from_millis;
+        // Keepalive closes connections whose peer stopped answering (a SIGSTOPped or hung
+        // worker, a vanished host): their worker streams end and deliveries go to others.
         let server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(ms(grpc.http2_keepalive_interval_ms)))
+            .http2_keepalive_timeout(Some(ms(grpc.http2_keepalive_timeout_ms)))
             .layer(CountRequestsLayer::new(Arc::clone(&host.metrics)))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -123,13 +128,17 @@ impl Node {
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
             );
+        // Socket options apply only through tonic's own incoming stream: the builder's
+        // `tcp_nodelay`/`tcp_keepalive` are ignored for a listener bound by us.
+        let incoming = TcpIncoming::from_listener(listener, true, Some(ms(grpc.tcp_keepalive_ms)))
+            .map_err(|e| Error::Internal(format!("grpc listener: {e}")))?;
         let mut grpc_stop = stopped.clone();
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {
                 let _ = grpc_stop.wait_for(|s| *s).await;
             };
             if let Err(e) = server
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
             {
                 error!(error = %e, "grpc server failed");

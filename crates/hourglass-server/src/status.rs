@@ -40,7 +40,7 @@ pub fn code(e: &Error) -> Code {
         Error::NotFound(_) => Code::NotFound,
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::Unavailable { .. } | Error::ClockUnknown(_) | Error::Starting => Code::Unavailable,
-        Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+        Error::DeadlineExceeded { .. } | Error::WorkerIdle { .. } => Code::DeadlineExceeded,
         Error::PeerPartitionMismatch { .. } | Error::WipedNode { .. } | Error::Rejoin(_) => {
             Code::FailedPrecondition
         }
@@ -73,6 +73,7 @@ pub fn reason(e: &Error) -> &'static str {
         Error::ClockUnknown(_) => "CLOCK_UNKNOWN",
         Error::Starting => "STARTING",
         Error::DeadlineExceeded { .. } => "COMMIT_TIMEOUT",
+        Error::WorkerIdle { .. } => "WORKER_IDLE",
         Error::PeerPartitionMismatch { .. } => "PARTITION_COUNT_MISMATCH",
         Error::WipedNode { .. } => "NODE_WIPED",
         Error::Rejoin(_) => "REJOIN_FAILED",
@@ -114,6 +115,9 @@ fn details(e: &Error) -> ErrorDetails {
         }
         Error::Forwarded { node, .. } => {
             metadata.insert("node_id".into(), node.to_string());
+        }
+        Error::WorkerIdle { idle_ms } => {
+            metadata.insert("timeout_ms".into(), idle_ms.to_string());
         }
         Error::PeerPartitionMismatch { peer, .. } | Error::WipedNode { peer, .. } => {
             metadata.insert("peer_id".into(), peer.to_string());

@@ -519,15 +519,10 @@ class Worker:
             self._slots.release()
 
     def _ack(self, delivery: Delivery, stream: _Stream) -> None:
-        """Acks on the stream the delivery came from or, if that one broke, on the node's
-        current stream (the node completes the timer either way); otherwise the timer is
-        delivered again."""
+        """Acks on the stream the delivery came from. Only that stream may: a node refuses
+        an ack arriving on any other stream (its deliveries went back to the queue when it
+        broke), so if it is gone the timer is delivered again."""
         if stream.ack(delivery):
-            self._acked += 1
-            return
-        subscription = self._subscriptions.get(stream.address)
-        current = subscription.current if subscription is not None else None
-        if current is not None and current is not stream and current.ack(delivery):
             self._acked += 1
             return
         log.info(
