@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hourglass_types::{
@@ -61,6 +62,9 @@ pub struct StateMachine {
     partition: u32,
     dir: PathBuf,
     events: TimerEvents,
+    /// One snapshot build or install of this partition at a time: both write and prune the
+    /// same directory, and an install would delete a build's file before its rename.
+    snapshot_lock: Arc<Mutex<()>>,
 }
 
 impl StateMachine {
@@ -77,6 +81,7 @@ impl StateMachine {
             partition,
             dir,
             events,
+            snapshot_lock: Arc::default(),
         })
     }
 
@@ -417,6 +422,10 @@ impl StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         mut received: std::fs::File,
     ) -> Result<()> {
+        let _one_at_a_time = self
+            .snapshot_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let file_name = format!("{}.snap", meta.snapshot_id);
         let final_path = self.dir.join(&file_name);
         let tmp_path = self.dir.join(format!("{file_name}.tmp"));
@@ -455,6 +464,7 @@ impl StateMachine {
             .and_then(|_| copy.sync_all())
             .map_err(io(&tmp_path))?;
         std::fs::rename(&tmp_path, &final_path).map_err(io(&final_path))?;
+        sync_dir(&self.dir)?;
         self.meta_put(&mut batch, keys::SM_PENDING, &pending);
         self.meta_put(&mut batch, keys::SM_HIGH_WATER, &high_water);
         self.meta_put(&mut batch, keys::SM_LAST_APPLIED, &meta.last_log_id);
@@ -510,6 +520,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store: self.store.clone(),
             partition: self.partition,
             dir: self.dir.clone(),
+            snapshot_lock: Arc::clone(&self.snapshot_lock),
         }
     }
 
@@ -537,6 +548,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             partition: self.partition,
             dir: self.dir.clone(),
             events: self.events.clone(),
+            snapshot_lock: Arc::clone(&self.snapshot_lock),
         };
         let meta_owned = meta.clone();
         tokio::task::spawn_blocking(move || sm.install(&meta_owned, file))
@@ -558,10 +570,15 @@ pub struct SnapshotBuilder {
     store: Store,
     partition: u32,
     dir: PathBuf,
+    snapshot_lock: Arc<Mutex<()>>,
 }
 
 impl SnapshotBuilder {
     fn build(&self) -> Result<Snapshot<TypeConfig>> {
+        let _one_at_a_time = self
+            .snapshot_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let db = &self.store.db;
         let snap = db.snapshot();
         let p = self.partition;
@@ -622,6 +639,7 @@ impl SnapshotBuilder {
         })?;
         file.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        sync_dir(&self.dir)?;
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership: membership,
@@ -656,6 +674,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             store: self.store.clone(),
             partition: self.partition,
             dir: self.dir.clone(),
+            snapshot_lock: Arc::clone(&self.snapshot_lock),
         };
         tokio::task::spawn_blocking(move || builder.build())
             .await
@@ -690,8 +709,13 @@ fn read_snapshot(input: &mut impl Read, mut each: impl FnMut(&str, &[u8], &[u8])
     let read_bytes = |input: &mut dyn Read| -> Result<Vec<u8>> {
         let mut len = [0u8; 4];
         input.read_exact(&mut len).map_err(bad)?;
-        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-        input.read_exact(&mut buf).map_err(bad)?;
+        // The length comes from a peer's file: read what is there instead of allocating it.
+        let len = u64::from(u32::from_be_bytes(len));
+        let mut buf = Vec::new();
+        input.take(len).read_to_end(&mut buf).map_err(bad)?;
+        if buf.len() as u64 != len {
+            return Err(Error::corrupt("snapshot", "truncated record"));
+        }
         Ok(buf)
     };
     let mut high_water = 0;
@@ -738,6 +762,16 @@ fn unique_suffix() -> u128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default()
+}
+
+/// Makes a rename in `dir` durable: without it a crash can bring back the old directory entry.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 fn remove_files(dir: &Path, pred: impl Fn(&str) -> bool) {

@@ -252,6 +252,66 @@ async fn snapshot_moves_one_partition_between_nodes() {
     assert_eq!(current.meta, snap.meta);
 }
 
+/// A follower may build a snapshot of a partition while a snapshot of the same partition is
+/// installed: both write and prune the same directory, and the install once deleted the
+/// build's unfinished file, whose rename then failed and stopped the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_install_during_a_build_leaves_both_whole() {
+    let a_dir = TempDir::new().unwrap();
+    let a = Store::open(a_dir.path()).unwrap();
+    let mut a_sm = a.state_machine(2, events()).unwrap();
+    a_sm.apply((1..=100u64).map(|i| entry(i, schedule(key("w", &i.to_string()), at(i, b"p"), 0))))
+        .await
+        .unwrap();
+
+    let b_dir = TempDir::new().unwrap();
+    let b = Store::open(b_dir.path()).unwrap();
+    let mut b_sm = b.state_machine(2, events()).unwrap();
+    // Big enough that a build takes a while.
+    let big = vec![7u8; 1024];
+    for chunk in (1..=20_000u64).collect::<Vec<_>>().chunks(1_000) {
+        b_sm.apply(
+            chunk
+                .iter()
+                .map(|&i| entry(i, schedule(key("big", &i.to_string()), at(i, &big), 0))),
+        )
+        .await
+        .unwrap();
+    }
+    for round in 0..5 {
+        let snap = a_sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut incoming = b_sm.begin_receiving_snapshot().await.unwrap();
+        let mut source = snap.snapshot;
+        tokio::io::copy(&mut source, &mut *incoming).await.unwrap();
+        let mut builder = b_sm.get_snapshot_builder().await;
+        let build = tokio::spawn(async move { builder.build_snapshot().await });
+        // Let the build start writing before the install prunes the directory.
+        tokio::time::sleep(std::time::Duration::from_millis(5 * round)).await;
+        b_sm.install_snapshot(&snap.meta, incoming).await.unwrap();
+        build
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: the build failed: {e}"));
+        let current = b_sm.get_current_snapshot().await.unwrap().unwrap();
+        assert!(b.get_timer(2, &key("w", "42")).unwrap().is_some());
+        assert!(!current.meta.snapshot_id.is_empty());
+        // Refill the partition for the next round's build.
+        b_sm.apply((1..=20_000u64).map(|i| {
+            entry(
+                100 + i,
+                schedule(key("big", &i.to_string()), at(i, &big), 0),
+            )
+        }))
+        .await
+        .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn log_survives_reopen_and_purge_bounds_it() {
     let dir = TempDir::new().unwrap();
