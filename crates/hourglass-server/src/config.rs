@@ -168,9 +168,11 @@ pub struct TimersConfig {
     pub tombstone_retention_ms: u64,
     /// Key `timers.idle_stream_timeout`: a worker stream that sends no message for this long
     /// after it was sent a delivery is closed, and its deliveries go to other workers. At least
-    /// `ack_timeout`, so that it never takes a delivery back before its ack timeout would.
-    #[serde(rename = "idle_stream_timeout", with = "millis")]
-    pub idle_stream_timeout_ms: u64,
+    /// `ack_timeout`, so that it never takes a delivery back before its ack timeout would;
+    /// unset, the larger of one minute and `ack_timeout` (so raising only the ack timeout for
+    /// long handlers just works). Read it through [`TimersConfig::idle_stream_timeout_ms`].
+    #[serde(with = "optional")]
+    pub idle_stream_timeout: Option<humantime::Duration>,
 }
 
 impl Default for TimersConfig {
@@ -181,7 +183,17 @@ impl Default for TimersConfig {
             batch: 1_000,
             ack_timeout_ms: 30_000,
             tombstone_retention_ms: 24 * 3600 * 1000,
-            idle_stream_timeout_ms: 60_000,
+            idle_stream_timeout: None,
+        }
+    }
+}
+
+impl TimersConfig {
+    /// The effective `timers.idle_stream_timeout`, in milliseconds.
+    pub fn idle_stream_timeout_ms(&self) -> u64 {
+        match self.idle_stream_timeout {
+            Some(d) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            None => self.ack_timeout_ms.max(60_000),
         }
     }
 }
@@ -483,10 +495,10 @@ impl NodeConfig {
                 human(t.ack_timeout_ms)
             ));
         }
-        if t.idle_stream_timeout_ms < t.ack_timeout_ms {
+        if t.idle_stream_timeout_ms() < t.ack_timeout_ms {
             return bad(format!(
                 "timers.idle_stream_timeout ({}) must be at least timers.ack_timeout ({})",
-                human(t.idle_stream_timeout_ms),
+                human(t.idle_stream_timeout_ms()),
                 human(t.ack_timeout_ms)
             ));
         }
@@ -1139,7 +1151,7 @@ mod tests {
                 batch: 10,
                 ack_timeout_ms: 5_000,
                 tombstone_retention_ms: 3_600_000,
-                idle_stream_timeout_ms: 45_000,
+                idle_stream_timeout: Some(Duration::from_secs(45).into()),
             },
             grpc: GrpcConfig {
                 http2_keepalive_interval_ms: 5_000,
@@ -1397,10 +1409,17 @@ mod tests {
             ),
             "{e}"
         );
+        // Unset, the idle timeout follows a longer ack timeout; set, it must not undercut it.
+        let long_acks = TimersConfig {
+            ack_timeout_ms: 90_000,
+            ..Default::default()
+        };
+        assert_eq!(long_acks.idle_stream_timeout_ms(), 90_000);
+        assert_eq!(TimersConfig::default().idle_stream_timeout_ms(), 60_000);
         let e = NodeConfig {
             timers: TimersConfig {
-                ack_timeout_ms: 90_000,
-                ..Default::default()
+                idle_stream_timeout: Some(Duration::from_secs(60).into()),
+                ..long_acks
             },
             ..single.clone()
         }

@@ -80,7 +80,7 @@ impl Host {
             groups: OnceLock::new(),
             dispatcher: Arc::new(Dispatcher::new(
                 config.ack_timeout(),
-                Duration::from_millis(config.timers.idle_stream_timeout_ms),
+                Duration::from_millis(config.timers.idle_stream_timeout_ms()),
                 Arc::clone(&metrics),
                 delivery_time,
             )),

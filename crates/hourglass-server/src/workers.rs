@@ -92,7 +92,7 @@ impl WorkersService {
         // between, so a worker that stops reading stops taking deliveries.
         let (end, ended) = oneshot::channel();
         let node_id = self.host.node_id;
-        let idle_ms = self.host.config.timers.idle_stream_timeout_ms;
+        let idle_ms = self.host.config.timers.idle_stream_timeout_ms();
         let queue = start.queue;
         tokio::spawn(async move {
             loop {
