@@ -509,11 +509,18 @@ impl NodeConfig {
                 g.http2_keepalive_interval_ms,
             ),
             ("grpc.http2_keepalive_timeout", g.http2_keepalive_timeout_ms),
-            ("grpc.tcp_keepalive", g.tcp_keepalive_ms),
         ] {
             if ms < 100 {
                 return bad(format!("{key} must be at least 100ms, got {}", human(ms)));
             }
+        }
+        // The kernel takes the idle time in whole seconds, at most 32767 (Linux TCP_KEEPIDLE);
+        // outside that every accepted connection would only log EINVAL.
+        if !(1_000..=32_767_000).contains(&g.tcp_keepalive_ms) {
+            return bad(format!(
+                "grpc.tcp_keepalive must be in 1s..=32767s, got {}",
+                human(g.tcp_keepalive_ms)
+            ));
         }
         if self.request_timeout_ms == 0 {
             return bad("request_timeout must be positive".into());
@@ -1443,6 +1450,22 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("grpc.http2_keepalive_timeout"), "{e}");
+        for tcp_keepalive_ms in [500, 32_768_000] {
+            let e = NodeConfig {
+                grpc: GrpcConfig {
+                    tcp_keepalive_ms,
+                    ..Default::default()
+                },
+                ..single.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("grpc.tcp_keepalive must be in 1s..=32767s"),
+                "{e}"
+            );
+        }
         assert!("x".parse::<Peer>().is_err());
         assert!("1=".parse::<Peer>().is_err());
         assert_eq!("7=10.0.0.1:7001".parse::<Peer>().unwrap().id, 7);
