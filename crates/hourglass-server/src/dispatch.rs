@@ -382,6 +382,9 @@ fn pump(
     // Streams whose buffer refused a delivery in this round; none is tried twice, so a round
     // ends even if every stream's buffer is full.
     let mut refused: Vec<WorkerId> = Vec::new();
+    // Cluster time is a median over the members' clocks: read once per round, not per
+    // delivery, while the lock is held.
+    let mut round_ms = None;
     while !q.pending.is_empty() && !q.workers.is_empty() {
         let n = q.workers.len();
         let Some(pick) = (0..n).map(|i| (q.next + i) % n).find(|&i| {
@@ -410,7 +413,7 @@ fn pump(
         let r = &item.record;
         // The node-wide cluster time is a lower bound that can trail the partition's own time
         // by a round trip; a delivery never precedes its committed fire.
-        let now_ms = clock().max(r.fired_at_ms.unwrap_or(0));
+        let now_ms = (*round_ms.get_or_insert_with(clock)).max(r.fired_at_ms.unwrap_or(0));
         let delivery = v1::Delivery {
             workflow_id: r.key.workflow_id.clone(),
             timer_id: r.key.timer_id.clone(),
