@@ -473,6 +473,19 @@ async fn health_follows_start_and_shutdown() -> Result<()> {
             "{service:?}"
         );
     }
+    // Alone, the node knows no cluster time; bad input is still refused as such, and only a
+    // valid request waits for the cluster.
+    let mut bad = schedule_in("grpc-surface", "huge", Duration::from_secs(1), "");
+    bad.when = Some(v1::schedule_request::When::FireAt(prost_types::Timestamp {
+        seconds: 1i64 << 62,
+        nanos: 999_999_999,
+    }));
+    let status = schedule_err(&a, bad).await?;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(field_of(&status), "fire_at");
+    let good = schedule_in("grpc-surface", "fine", Duration::from_secs(1), "");
+    let status = schedule_err(&a, good).await?;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
     cluster.spawn(2)?;
     cluster.spawn(3)?;

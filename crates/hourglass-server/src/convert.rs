@@ -65,12 +65,20 @@ pub fn timer_key(workflow_id: String, timer_id: String) -> Result<TimerKey, Inpu
     Ok(key)
 }
 
-/// Validates a schedule request entirely before anything is proposed.
-pub fn schedule_command(
+/// A schedule request whose fields are valid; only the horizon, which needs the cluster's time,
+/// is left to check.
+#[derive(Debug)]
+pub struct ValidSchedule {
+    key: TimerKey,
+    definition: TimerDefinition,
+}
+
+/// Validates every field of a schedule request without reading any clock, so bad input is
+/// refused as such even while the cluster clock is still unknown.
+pub fn validate_schedule(
     req: v1::ScheduleRequest,
     limits: &Limits,
-    now_ms: u64,
-) -> Result<Command, InputError> {
+) -> Result<ValidSchedule, InputError> {
     let key = timer_key(req.workflow_id, req.timer_id)?;
     let (fire_at_ms, delay_ms) = match req.when {
         Some(v1::schedule_request::When::FireAt(t)) => (Some(timestamp_ms("fire_at", &t)?), None),
@@ -88,19 +96,27 @@ pub fn schedule_command(
         payload: req.payload,
     };
     definition.validate(limits)?;
-    if definition.resolve_fire_at(now_ms) > now_ms.saturating_add(MAX_HORIZON_MS) {
-        let field = if delay_ms.is_some() {
-            "delay"
-        } else {
-            "fire_at"
-        };
-        return Err(InputError::invalid(field, "is more than 100 years ahead"));
+    Ok(ValidSchedule { key, definition })
+}
+
+impl ValidSchedule {
+    /// The command to propose, received at cluster time `now_ms`.
+    pub fn at(self, now_ms: u64) -> Result<Command, InputError> {
+        let Self { key, definition } = self;
+        if definition.resolve_fire_at(now_ms) > now_ms.saturating_add(MAX_HORIZON_MS) {
+            let field = if definition.delay_ms.is_some() {
+                "delay"
+            } else {
+                "fire_at"
+            };
+            return Err(InputError::invalid(field, "is more than 100 years ahead"));
+        }
+        Ok(Command::Schedule {
+            key,
+            definition,
+            received_at_ms: now_ms,
+        })
     }
-    Ok(Command::Schedule {
-        key,
-        definition,
-        received_at_ms: now_ms,
-    })
 }
 
 pub fn timer(record: TimerRecord, partition: u32) -> v1::Timer {
@@ -160,6 +176,14 @@ mod tests {
             })),
             payload: vec![],
         }
+    }
+
+    fn schedule_command(
+        req: v1::ScheduleRequest,
+        limits: &Limits,
+        now_ms: u64,
+    ) -> Result<Command, InputError> {
+        validate_schedule(req, limits)?.at(now_ms)
     }
 
     fn field_of(r: Result<Command, InputError>) -> &'static str {

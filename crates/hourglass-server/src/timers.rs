@@ -196,11 +196,24 @@ impl TimersService {
                 ),
             )));
         }
-        let now = self.router.host.cluster_now()?;
         let mut results: Vec<Option<v1::ScheduleBatchResult>> = vec![None; timers.len()];
-        let mut by_partition: BTreeMap<u32, Vec<_>> = BTreeMap::new();
+        let mut valid = Vec::with_capacity(timers.len());
         for (i, item) in timers.into_iter().enumerate() {
-            match convert::schedule_command(item.clone(), &self.limits, now) {
+            match convert::validate_schedule(item.clone(), &self.limits) {
+                Ok(schedule) => valid.push((i, item, schedule)),
+                Err(e) => results[i] = Some(batch_result(Error::from(e).into())),
+            }
+        }
+        // Read only once something is valid: bad input is refused as such while the clock is
+        // unknown.
+        let now = if valid.is_empty() {
+            0
+        } else {
+            self.router.host.cluster_now()?
+        };
+        let mut by_partition: BTreeMap<u32, Vec<_>> = BTreeMap::new();
+        for (i, item, schedule) in valid {
+            match schedule.at(now) {
                 Ok(Command::Schedule {
                     key, definition, ..
                 }) => by_partition
@@ -305,9 +318,8 @@ impl TimersService {
         let message = request.into_inner();
         let partition = self.partition(&message.workflow_id);
         // Validate on the first node, so bad input never travels.
-        let now = self.router.host.cluster_now()?;
-        let command =
-            convert::schedule_command(message.clone(), &self.limits, now).map_err(Error::from)?;
+        let schedule = convert::validate_schedule(message.clone(), &self.limits)?;
+        let command = schedule.at(self.router.host.cluster_now()?)?;
         match self.router.target(partition, hops)? {
             Target::Remote(node) => {
                 let answer = self
