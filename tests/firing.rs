@@ -587,3 +587,73 @@ async fn wait_until(within: Duration, cond: impl Fn() -> bool, what: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A queue with no worker while thousands of timers with large payloads fire: none of them is
+/// held in memory (by the dispatcher's own gauges) however long they wait; then a worker
+/// subscribes and gets every one, intact, while each node holds at most one delivery window
+/// per partition it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fired_timers_wait_on_disk_until_a_worker_comes() {
+    const N: u64 = 2_000;
+    const WINDOW: f64 = 40.0;
+    let c = Cluster::start(Options {
+        extra_toml: format!("[timers]\ndelivery_window = {WINDOW}\n"),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let client = c.client();
+    let payload = "p".repeat(8 * 1024);
+    let due = now_ms() + 1_000;
+    let mut expected = BTreeSet::new();
+    let ids: Vec<u64> = (0..N).collect();
+    for chunk in ids.chunks(200) {
+        let batch = chunk
+            .iter()
+            .map(|i| {
+                expected.insert((format!("wf-{i}"), "t".to_string()));
+                schedule_at(&format!("wf-{i}"), "t", "q", due, &payload)
+            })
+            .collect();
+        for r in client.schedule_batch(batch).await.unwrap() {
+            r.unwrap();
+        }
+    }
+    let fired = || c.metric_total("hourglass_timers_fired_total").unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        || fired() >= N as f64,
+        "every timer fired",
+    )
+    .await;
+    let held_max = |id| c.metric(id, "hourglass_deliveries_in_memory_max").unwrap();
+    for node in &c.nodes {
+        assert_eq!(held_max(node.id), 0.0, "node {} held fired timers", node.id);
+    }
+
+    let worker = c.worker("q", &["--credits", "64"]).unwrap();
+    let seen = worker
+        .wait_for(Duration::from_secs(60), |s| keys(s).is_superset(&expected))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; missing {}", missing(&expected, &worker).len()));
+    assert!(
+        seen.iter().all(|s| s.payload == payload),
+        "a payload changed"
+    );
+    assert_none_early(&seen);
+    let partitions = f64::from(c.partitions);
+    let mut most = 0.0f64;
+    for node in &c.nodes {
+        let held = held_max(node.id);
+        assert!(
+            held <= partitions * WINDOW,
+            "node {} held {held} fired timers, over {partitions} windows of {WINDOW}",
+            node.id
+        );
+        most = most.max(held);
+    }
+    assert!(
+        most > 0.0,
+        "the gauge never moved: it cannot bound anything"
+    );
+}

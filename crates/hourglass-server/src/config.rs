@@ -159,6 +159,12 @@ pub struct TimersConfig {
     pub max_in_memory_per_partition: usize,
     /// Most timers per `Fire` or `Complete` proposal.
     pub batch: usize,
+    /// Most fired timers of one queue a partition's leader holds in memory for delivery
+    /// (pending or awaiting an ack); the rest wait on disk, in fire order. Only queues with a
+    /// worker connected to the leader have such a window.
+    pub delivery_window: usize,
+    /// The same bound in payload bytes.
+    pub delivery_window_bytes: usize,
     /// Key `timers.ack_timeout`: a delivery not acknowledged within this is delivered again.
     #[serde(rename = "ack_timeout", with = "millis")]
     pub ack_timeout_ms: u64,
@@ -181,6 +187,8 @@ impl Default for TimersConfig {
             window_ms: 60_000,
             max_in_memory_per_partition: 50_000,
             batch: 1_000,
+            delivery_window: 1_000,
+            delivery_window_bytes: 8 << 20,
             ack_timeout_ms: 30_000,
             tombstone_retention_ms: 24 * 3600 * 1000,
             idle_stream_timeout: None,
@@ -403,6 +411,10 @@ impl NodeConfig {
             window: Duration::from_millis(self.timers.window_ms),
             max_timers_in_memory: self.timers.max_in_memory_per_partition,
             batch: self.timers.batch,
+            delivery_window: crate::engine::delivery::WindowConfig {
+                timers: self.timers.delivery_window,
+                bytes: self.timers.delivery_window_bytes,
+            },
             max_sleep: Duration::from_millis(500),
             tombstone_retention: Duration::from_millis(self.timers.tombstone_retention_ms),
             lose_fired_fraction: self.fault.lose_fired_fraction,
@@ -488,6 +500,18 @@ impl NodeConfig {
         }
         if t.batch == 0 || t.batch > 10_000 {
             return bad("timers.batch must be in 1..=10000".into());
+        }
+        if t.delivery_window == 0 || t.delivery_window > 1_000_000 {
+            return bad(format!(
+                "timers.delivery_window must be in 1..=1000000, got {}",
+                t.delivery_window
+            ));
+        }
+        if t.delivery_window_bytes < 1 << 20 || t.delivery_window_bytes > 1 << 30 {
+            return bad(format!(
+                "timers.delivery_window_bytes must be in 1048576..=1073741824 (1 MiB to 1 GiB), got {}",
+                t.delivery_window_bytes
+            ));
         }
         if t.ack_timeout_ms < 100 {
             return bad(format!(
@@ -1156,6 +1180,8 @@ mod tests {
                 window_ms: 90_000,
                 max_in_memory_per_partition: 1_000,
                 batch: 10,
+                delivery_window: 77,
+                delivery_window_bytes: 3 << 20,
                 ack_timeout_ms: 5_000,
                 tombstone_retention_ms: 3_600_000,
                 idle_stream_timeout: Some(Duration::from_secs(45).into()),
@@ -1205,7 +1231,7 @@ mod tests {
         assert_ne!(config.timers, defaults.timers);
         assert_ne!(config.grpc, defaults.grpc);
         let all = keys();
-        assert_eq!(all.len(), 27, "{all:?}");
+        assert_eq!(all.len(), 29, "{all:?}");
         let pairs = printed(&config);
         for (key, text) in &pairs {
             let default_text = &printed(&defaults)

@@ -6,34 +6,47 @@
 //! front of its queue with attempt + 1 (G5). Acks are handed to the partition's engine, which
 //! commits them as `Complete` proposals.
 //!
-//! Memory stays bounded whatever the workers do (G8): each stream's buffer holds at most its
-//! credits, and a delivery is only ever offered to it with `try_send` under the lock, so a
-//! worker that stops reading fills its buffer and then gets nothing more (its share stays
-//! pending for the queue's other workers). A stream that sends no message for the idle timeout
-//! after it was sent a delivery is closed, and what it held goes to other workers.
+//! Memory stays bounded whatever the workers do (G8). The dispatcher holds only what the
+//! engines offer, and an engine offers a partition's fired timers of a queue only while the
+//! dispatcher holds fewer than its delivery window of them ([`Dispatcher::held`]); the rest
+//! waits on disk. Each stream's buffer holds at most its credits, and a delivery is only ever
+//! offered to it with `try_send` under the lock, so a worker that stops reading fills its
+//! buffer and then gets nothing more (its share stays pending for the queue's other workers).
+//! A stream that sends no message for the idle timeout after it was sent a delivery is closed,
+//! and what it held goes to other workers. Ack deadlines are kept in deadline order, so expiry
+//! touches only what is late.
 //!
 //! A stream acknowledges only what it holds: a delivery made on it and not since taken back.
 //! Any other ack (never delivered to it, delivered to another stream, already acknowledged,
 //! timed out and pending or redelivered) is refused, counted, and never completes the timer.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hourglass_proto::v1;
 use hourglass_types::{TimerKey, TimerRecord};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::convert;
 use crate::metrics::Metrics;
 
 pub type WorkerId = u64;
 
+/// An ack deadline, made unique by a sequence number.
+type Deadline = (Instant, u64);
+
+#[derive(Debug, Clone, Copy)]
+struct Holder {
+    worker: WorkerId,
+    deadline: Deadline,
+}
+
 struct Inflight {
     partition: u32,
     record: TimerRecord,
     attempt: u32,
-    holder: Option<(WorkerId, Instant)>,
+    holder: Option<Holder>,
 }
 
 struct WorkerState {
@@ -56,13 +69,71 @@ struct QueueState {
     next: usize,
 }
 
+/// What the dispatcher holds of a partition's queue (or of everything): fired timers and
+/// their payload bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    pub timers: usize,
+    pub bytes: usize,
+}
+
+/// The engine of a partition this node leads.
+struct PartitionLink {
+    /// Where acks of its timers go.
+    acks: mpsc::UnboundedSender<TimerKey>,
+    /// Woken when it may offer more: an ack freed room, or a queue gained a worker.
+    wake: Arc<Notify>,
+}
+
 #[derive(Default)]
 struct State {
     inflight: HashMap<TimerKey, Inflight>,
     workers: HashMap<WorkerId, WorkerState>,
     queues: HashMap<String, QueueState>,
-    ack_sinks: HashMap<u32, mpsc::UnboundedSender<TimerKey>>,
+    partitions: HashMap<u32, PartitionLink>,
+    /// Deliveries held by streams, by ack deadline.
+    deadlines: BTreeMap<Deadline, TimerKey>,
+    next_deadline: u64,
+    /// What `inflight` holds per partition and queue, and in all.
+    held: HashMap<(u32, String), Held>,
+    total: Held,
     next_worker: WorkerId,
+}
+
+impl State {
+    fn count(&mut self, partition: u32, record: &TimerRecord, add: bool) {
+        let bytes = record.definition.payload.len();
+        let key = (partition, record.definition.queue.clone());
+        let held = self.held.entry(key.clone()).or_default();
+        if add {
+            held.timers += 1;
+            held.bytes += bytes;
+            self.total.timers += 1;
+            self.total.bytes += bytes;
+        } else {
+            held.timers -= 1;
+            held.bytes -= bytes;
+            self.total.timers -= 1;
+            self.total.bytes -= bytes;
+            if held.timers == 0 {
+                self.held.remove(&key);
+            }
+        }
+    }
+
+    /// Takes a timer out of flight, with what it held.
+    fn remove(&mut self, key: &TimerKey) -> Option<Inflight> {
+        let item = self.inflight.remove(key)?;
+        self.count(item.partition, &item.record, false);
+        if let Some(holder) = item.holder {
+            self.deadlines.remove(&holder.deadline);
+            if let Some(w) = self.workers.get_mut(&holder.worker) {
+                w.holding.remove(key);
+                w.credits += 1;
+            }
+        }
+        Some(item)
+    }
 }
 
 /// Counts for tests.
@@ -73,6 +144,7 @@ pub struct DispatchStats {
     pub workers: usize,
     /// Deliveries waiting for a worker (stale keys of detached partitions included).
     pub pending: usize,
+    pub deadlines: usize,
 }
 
 /// One worker stream's end of the dispatcher.
@@ -130,6 +202,17 @@ impl Dispatcher {
         self.state.lock().expect("dispatcher state poisoned")
     }
 
+    fn publish(&self, s: &State) {
+        let timers = s.total.timers as i64;
+        self.metrics.deliveries_in_memory.set(timers);
+        self.metrics
+            .deliveries_in_memory_bytes
+            .set(s.total.bytes as i64);
+        if timers > self.metrics.deliveries_in_memory_max.get() {
+            self.metrics.deliveries_in_memory_max.set(timers);
+        }
+    }
+
     #[cfg(test)]
     pub fn stats(&self) -> DispatchStats {
         let s = self.lock();
@@ -137,18 +220,27 @@ impl Dispatcher {
             inflight: s.inflight.len(),
             workers: s.workers.len(),
             pending: s.queues.values().map(|q| q.pending.len()).sum(),
+            deadlines: s.deadlines.len(),
         }
     }
 
-    /// This node now leads `partition`; acks of its timers go to `acks`.
-    pub fn attach_partition(&self, partition: u32, acks: mpsc::UnboundedSender<TimerKey>) {
-        self.lock().ack_sinks.insert(partition, acks);
+    /// This node now leads `partition`; acks of its timers go to `acks`, and `wake` is
+    /// notified whenever the partition may offer more.
+    pub fn attach_partition(
+        &self,
+        partition: u32,
+        acks: mpsc::UnboundedSender<TimerKey>,
+        wake: Arc<Notify>,
+    ) {
+        self.lock()
+            .partitions
+            .insert(partition, PartitionLink { acks, wake });
     }
 
     /// This node no longer leads `partition`: its deliveries are the new leader's to make.
     pub fn detach_partition(&self, partition: u32) {
         let mut s = self.lock();
-        s.ack_sinks.remove(&partition);
+        s.partitions.remove(&partition);
         let gone: Vec<TimerKey> = s
             .inflight
             .iter()
@@ -156,18 +248,38 @@ impl Dispatcher {
             .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
-            if let Some(Inflight {
-                holder: Some((worker, _)),
-                ..
-            }) = s.inflight.remove(&key)
-            {
-                if let Some(w) = s.workers.get_mut(&worker) {
-                    w.holding.remove(&key);
-                    w.credits += 1;
-                }
-            }
+            s.remove(&key);
         }
         // Stale keys left in pending queues are skipped when popped.
+        self.publish(&s);
+    }
+
+    /// What the dispatcher holds of `queue`'s fired timers of `partition`.
+    #[cfg(test)]
+    pub fn held(&self, partition: u32, queue: &str) -> Held {
+        self.lock()
+            .held
+            .get(&(partition, queue.to_owned()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// What the dispatcher holds of `partition`'s fired timers of every queue with a worker
+    /// subscribed to this node: the only queues whose fired timers are worth loading.
+    pub fn demand(&self, partition: u32) -> HashMap<String, Held> {
+        let s = self.lock();
+        s.queues
+            .iter()
+            .filter(|(_, q)| !q.workers.is_empty())
+            .map(|(name, _)| {
+                let held = s
+                    .held
+                    .get(&(partition, name.clone()))
+                    .copied()
+                    .unwrap_or_default();
+                (name.clone(), held)
+            })
+            .collect()
     }
 
     /// Offers fired timers for delivery with the given attempt numbers.
@@ -180,6 +292,7 @@ impl Dispatcher {
                 continue;
             }
             let queue = record.definition.queue.clone();
+            s.count(partition, &record, true);
             s.queues
                 .entry(queue.clone())
                 .or_default()
@@ -199,6 +312,7 @@ impl Dispatcher {
         for q in touched {
             pump(&mut s, &q, self.ack_timeout, &self.metrics, &self.now_ms);
         }
+        self.publish(&s);
     }
 
     /// Registers a worker of `queue` that may hold `credits` (at least 1) unacknowledged
@@ -228,6 +342,10 @@ impl Dispatcher {
             .push(id);
         self.metrics.workers_connected.inc();
         pump(&mut s, queue, self.ack_timeout, &self.metrics, &self.now_ms);
+        // The queue's fired timers may wait on disk for a worker: every engine looks.
+        for link in s.partitions.values() {
+            link.wake.notify_one();
+        }
         Subscription {
             worker: id,
             deliveries,
@@ -262,7 +380,7 @@ impl Dispatcher {
         let holder = match s.inflight.get(key) {
             None => Err(AckRefused::NotInFlight),
             Some(i) => match i.holder {
-                Some((holder, _)) if holder == worker => Ok(()),
+                Some(h) if h.worker == worker => Ok(()),
                 _ => Err(AckRefused::NotHolder),
             },
         };
@@ -270,14 +388,12 @@ impl Dispatcher {
             self.metrics.acks_refused.inc();
             return Err(refused);
         }
-        let inflight = s.inflight.remove(key).expect("checked in flight");
+        let inflight = s.remove(key).expect("checked in flight");
         self.metrics.timers_acked.inc();
-        if let Some(w) = s.workers.get_mut(&worker) {
-            w.holding.remove(key);
-            w.credits += 1;
-        }
-        if let Some(sink) = s.ack_sinks.get(&inflight.partition) {
-            let _ = sink.send(key.clone());
+        if let Some(link) = s.partitions.get(&inflight.partition) {
+            let _ = link.acks.send(key.clone());
+            // Room in the partition's window: it may load the next of its fired timers.
+            link.wake.notify_one();
         }
         pump(
             &mut s,
@@ -286,6 +402,7 @@ impl Dispatcher {
             &self.metrics,
             &self.now_ms,
         );
+        self.publish(&s);
         Ok(())
     }
 
@@ -295,19 +412,12 @@ impl Dispatcher {
     /// buffer refused them may have drained it.
     pub fn expire(&self, now: Instant) {
         let mut s = self.lock();
-        let late: Vec<(TimerKey, WorkerId)> = s
-            .inflight
-            .iter()
-            .filter_map(|(k, i)| match i.holder {
-                Some((w, deadline)) if deadline <= now => Some((k.clone(), w)),
-                _ => None,
-            })
+        let late: Vec<TimerKey> = s
+            .deadlines
+            .range(..=(now, u64::MAX))
+            .map(|(_, key)| key.clone())
             .collect();
-        for (key, worker) in late {
-            if let Some(w) = s.workers.get_mut(&worker) {
-                w.holding.remove(&key);
-                w.credits += 1;
-            }
+        for key in late {
             requeue(&mut s, key);
         }
         let idle: Vec<WorkerId> = s
@@ -340,25 +450,35 @@ impl Dispatcher {
 
 /// Removes a worker, putting what it held back for others.
 fn remove_worker(s: &mut State, worker: WorkerId, metrics: &Metrics) -> Option<WorkerState> {
-    let mut w = s.workers.remove(&worker)?;
+    let w = s.workers.get(&worker)?;
+    let held: Vec<TimerKey> = w.holding.iter().cloned().collect();
+    for key in held {
+        requeue(s, key);
+    }
+    let w = s.workers.remove(&worker)?;
     metrics.workers_connected.dec();
     if let Some(q) = s.queues.get_mut(&w.queue) {
         q.workers.retain(|&id| id != worker);
     }
-    for key in std::mem::take(&mut w.holding) {
-        requeue(s, key);
-    }
     Some(w)
 }
 
-/// Puts a held delivery back at the front of its queue for another attempt.
+/// Takes a held delivery back from its stream and puts it at the front of its queue for
+/// another attempt.
 fn requeue(s: &mut State, key: TimerKey) {
     let Some(i) = s.inflight.get_mut(&key) else {
         return;
     };
-    i.holder = None;
+    let Some(holder) = i.holder.take() else {
+        return;
+    };
     i.attempt += 1;
     let queue = i.record.definition.queue.clone();
+    s.deadlines.remove(&holder.deadline);
+    if let Some(w) = s.workers.get_mut(&holder.worker) {
+        w.holding.remove(&key);
+        w.credits += 1;
+    }
     s.queues.entry(queue).or_default().pending.push_front(key);
 }
 
@@ -374,6 +494,8 @@ fn pump(
         inflight,
         workers,
         queues,
+        deadlines,
+        next_deadline,
         ..
     } = s;
     let Some(q) = queues.get_mut(queue) else {
@@ -434,14 +556,20 @@ fn pump(
             continue;
         }
         w.credits -= 1;
-        w.holding.insert(key);
         let now = Instant::now();
         w.unanswered_since.get_or_insert(now);
         metrics.timers_delivered.inc();
         if item.attempt > 1 {
             metrics.timers_redelivered.inc();
         }
-        item.holder = Some((worker_id, now + ack_timeout));
+        let deadline = (now + ack_timeout, *next_deadline);
+        *next_deadline += 1;
+        deadlines.insert(deadline, key.clone());
+        w.holding.insert(key);
+        item.holder = Some(Holder {
+            worker: worker_id,
+            deadline,
+        });
     }
 }
 
@@ -468,6 +596,7 @@ mod tests {
             fired_at_ms: Some(2),
             finished_at_ms: None,
             attempt: 1,
+            fire_seq: Some(1),
         }
     }
 
@@ -482,12 +611,19 @@ mod tests {
     const IDLE: Duration = Duration::from_secs(600);
 
     fn dispatcher(ack_timeout: Duration) -> Dispatcher {
-        Dispatcher::new(
+        counted(ack_timeout, IDLE).0
+    }
+
+    /// A dispatcher with its metrics, to assert on its counters.
+    fn counted(ack_timeout: Duration, idle: Duration) -> (Dispatcher, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new(1));
+        let d = Dispatcher::new(
             ack_timeout,
-            IDLE,
-            Arc::new(Metrics::new(1)),
+            idle,
+            Arc::clone(&metrics),
             Box::new(convert::now_ms),
-        )
+        );
+        (d, metrics)
     }
 
     fn key(id: &str) -> TimerKey {
@@ -498,7 +634,7 @@ mod tests {
     fn kept_until_a_worker_subscribes_then_credit_bounded_round_robin() {
         let d = dispatcher(Duration::from_secs(30));
         let (acks, mut acked) = mpsc::unbounded_channel();
-        d.attach_partition(0, acks);
+        d.attach_partition(0, acks, Arc::default());
         d.offer(0, (0..5).map(|i| (record(&format!("t{i}"), "q"), 1)));
         let Subscription {
             worker: a,
@@ -517,11 +653,107 @@ mod tests {
         assert_eq!(d.stats().inflight, 4);
     }
 
+    /// What the dispatcher holds is counted per partition and queue, in timers and payload
+    /// bytes, and comes down as acks and detaches take timers out; an ack or a new worker
+    /// wakes the engines, which may then offer more.
+    #[test]
+    fn holdings_are_counted_and_acks_wake_the_partition() {
+        let (d, metrics) = counted(Duration::from_secs(30), IDLE);
+        let wake = Arc::new(Notify::new());
+        let (acks, _acked) = mpsc::unbounded_channel();
+        d.attach_partition(0, acks.clone(), Arc::clone(&wake));
+        d.attach_partition(1, acks, Arc::default());
+        let big = |id: &str, queue: &str| {
+            let mut r = record(id, queue);
+            r.definition.payload = vec![0; 1000];
+            r
+        };
+        d.offer(
+            0,
+            [(big("a", "q"), 1), (big("b", "q"), 1), (big("c", "r"), 1)],
+        );
+        d.offer(1, [(big("d", "q"), 1)]);
+        assert_eq!(
+            d.held(0, "q"),
+            Held {
+                timers: 2,
+                bytes: 2000
+            }
+        );
+        assert_eq!(d.held(0, "r").timers, 1);
+        assert_eq!(d.held(1, "q").timers, 1);
+        assert_eq!(metrics.deliveries_in_memory.get(), 4);
+        assert_eq!(metrics.deliveries_in_memory_bytes.get(), 4000);
+        assert!(d.demand(0).is_empty(), "no worker, no demand");
+
+        let w = d.subscribe("q", 10);
+        assert_eq!(
+            d.demand(0),
+            HashMap::from([(
+                "q".to_owned(),
+                Held {
+                    timers: 2,
+                    bytes: 2000
+                }
+            )])
+        );
+        // A new worker: every engine may have its fired timers on disk.
+        assert_woken(&wake);
+        assert_eq!(d.stats().deadlines, 3);
+        d.ack(w.worker, &key("a")).unwrap();
+        assert_woken(&wake);
+        assert_eq!(d.held(0, "q").timers, 1);
+        assert_eq!(d.stats().deadlines, 2);
+        d.detach_partition(0);
+        assert_eq!(d.held(0, "q"), Held::default());
+        assert_eq!(d.held(0, "r"), Held::default());
+        assert_eq!(d.stats().deadlines, 1);
+        assert_eq!(metrics.deliveries_in_memory.get(), 1);
+        assert_eq!(metrics.deliveries_in_memory_max.get(), 4);
+    }
+
+    /// `notify_one` left a permit: the engine's next wait returns at once.
+    fn assert_woken(wake: &Notify) {
+        use futures::FutureExt;
+        assert!(
+            wake.notified().now_or_never().is_some(),
+            "the partition was not woken"
+        );
+    }
+
+    /// Expiry takes back exactly the deliveries past their deadline, and an ack, a
+    /// disconnect or a redelivery leaves no deadline behind.
+    #[test]
+    fn ack_deadlines_are_exact() {
+        let d = dispatcher(Duration::from_secs(10));
+        let (acks, _acked) = mpsc::unbounded_channel();
+        d.attach_partition(0, acks, Arc::default());
+        d.offer(0, (0..4).map(|i| (record(&format!("t{i}"), "q"), 1)));
+        let start = Instant::now();
+        let mut a = d.subscribe("q", 2);
+        assert_eq!(ids(&mut a.deliveries).len(), 2);
+        assert_eq!(d.stats().deadlines, 2);
+        d.ack(a.worker, &key("t0")).unwrap();
+        // t2 goes to a in t0's place.
+        assert_eq!(ids(&mut a.deliveries), vec![("t2".into(), 1)]);
+        d.expire(start + Duration::from_secs(5));
+        assert_eq!(d.stats().deadlines, 2, "nothing is late yet");
+        d.expire(Instant::now() + Duration::from_secs(11));
+        // Both came back and went out again with the next attempt.
+        let mut again = ids(&mut a.deliveries);
+        again.sort();
+        assert_eq!(again, vec![("t1".into(), 2), ("t2".into(), 2)]);
+        assert_eq!(d.stats().deadlines, 2);
+        d.unsubscribe(a.worker);
+        assert_eq!(d.stats().deadlines, 0);
+        assert_eq!(d.stats().inflight, 3);
+    }
+
     #[test]
     fn disconnect_and_ack_timeout_redeliver_with_next_attempt() {
         let d = dispatcher(Duration::from_millis(10));
         let (acks, _acked) = mpsc::unbounded_channel();
-        d.attach_partition(0, acks);
+        d.attach_partition(0, acks, Arc::default());
         d.offer(0, [(record("t", "q"), 1)]);
         let Subscription {
             worker: a,
@@ -540,7 +772,7 @@ mod tests {
     fn detaching_a_partition_drops_its_deliveries() {
         let d = dispatcher(Duration::from_secs(30));
         let (acks, _acked) = mpsc::unbounded_channel();
-        d.attach_partition(7, acks);
+        d.attach_partition(7, acks, Arc::default());
         d.offer(7, [(record("t", "q"), 1), (record("u", "q"), 1)]);
         let mut rx = d.subscribe("q", 1).deliveries;
         assert_eq!(ids(&mut rx).len(), 1);
@@ -554,15 +786,9 @@ mod tests {
     /// timeouts pass; the rest waits for, then goes to, another worker.
     #[test]
     fn a_stream_that_stops_reading_buffers_at_most_its_credits() {
-        let metrics = Arc::new(Metrics::new(1));
-        let d = Dispatcher::new(
-            Duration::from_millis(10),
-            IDLE,
-            Arc::clone(&metrics),
-            Box::new(convert::now_ms),
-        );
+        let (d, metrics) = counted(Duration::from_millis(10), IDLE);
         let (acks, _acked) = mpsc::unbounded_channel();
-        d.attach_partition(0, acks);
+        d.attach_partition(0, acks, Arc::default());
         d.offer(0, (0..20).map(|i| (record(&format!("t{i}"), "q"), 1)));
         let stopped = d.subscribe("q", 3);
         assert_eq!(stopped.deliveries.len(), 3);
@@ -591,15 +817,9 @@ mod tests {
     /// never reaches the engine.
     #[test]
     fn only_the_holding_stream_may_acknowledge() {
-        let metrics = Arc::new(Metrics::new(1));
-        let d = Dispatcher::new(
-            Duration::from_secs(30),
-            IDLE,
-            Arc::clone(&metrics),
-            Box::new(convert::now_ms),
-        );
+        let (d, metrics) = counted(Duration::from_secs(30), IDLE);
         let (acks, mut acked) = mpsc::unbounded_channel();
-        d.attach_partition(0, acks);
+        d.attach_partition(0, acks, Arc::default());
         d.offer(0, [(record("t", "q"), 1), (record("u", "q"), 1)]);
         let mut a = d.subscribe("q", 1);
         let mut b = d.subscribe("q", 1);
@@ -623,15 +843,9 @@ mod tests {
     /// a worker or went to another one.
     #[test]
     fn a_timed_out_delivery_is_no_longer_the_late_streams_to_acknowledge() {
-        let metrics = Arc::new(Metrics::new(1));
-        let d = Dispatcher::new(
-            Duration::from_millis(10),
-            IDLE,
-            Arc::clone(&metrics),
-            Box::new(convert::now_ms),
-        );
+        let (d, metrics) = counted(Duration::from_millis(10), IDLE);
         let (acks, mut acked) = mpsc::unbounded_channel();
-        d.attach_partition(0, acks);
+        d.attach_partition(0, acks, Arc::default());
         d.offer(0, [(record("t", "q"), 1)]);
         // The late stream does not read: its full buffer refuses the delivery's next attempt.
         let mut late = d.subscribe("q", 1);
@@ -653,16 +867,10 @@ mod tests {
     /// deliveries go to another worker. Any message, even a refused ack, restarts the wait.
     #[test]
     fn a_stream_silent_after_a_delivery_is_closed_after_the_idle_timeout() {
-        let metrics = Arc::new(Metrics::new(1));
         let idle = Duration::from_secs(60);
-        let d = Dispatcher::new(
-            Duration::from_secs(600),
-            idle,
-            Arc::clone(&metrics),
-            Box::new(convert::now_ms),
-        );
+        let (d, metrics) = counted(Duration::from_secs(600), idle);
         let (acks, _acked) = mpsc::unbounded_channel();
-        d.attach_partition(0, acks);
+        d.attach_partition(0, acks, Arc::default());
         // Waiting for work is not idleness.
         let mut quiet = d.subscribe("q", 2);
         let start = Instant::now();

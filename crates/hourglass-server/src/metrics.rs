@@ -36,6 +36,9 @@ pub struct Metrics {
     pub raft_snapshots: IntCounter,
     pub grpc_requests: IntCounterVec,
     pub workers_connected: IntGauge,
+    pub deliveries_in_memory: IntGauge,
+    pub deliveries_in_memory_bytes: IntGauge,
+    pub deliveries_in_memory_max: IntGauge,
     /// The node's log writer, whose counters `/metrics` reports; set once it starts.
     wal: Arc<OnceLock<Arc<SyncStats>>>,
     pub clock_offset: GaugeVec,
@@ -198,6 +201,21 @@ impl Metrics {
             ),
             grpc_requests,
             workers_connected: gauge(r, "workers_connected", "Worker streams connected to this node."),
+            deliveries_in_memory: gauge(
+                r,
+                "deliveries_in_memory",
+                "Fired timers the dispatcher holds in memory, waiting for a worker or for an ack.",
+            ),
+            deliveries_in_memory_bytes: gauge(
+                r,
+                "deliveries_in_memory_bytes",
+                "Payload bytes of the fired timers the dispatcher holds in memory.",
+            ),
+            deliveries_in_memory_max: gauge(
+                r,
+                "deliveries_in_memory_max",
+                "The most fired timers the dispatcher held in memory at once since the node started.",
+            ),
             registry,
         }
     }

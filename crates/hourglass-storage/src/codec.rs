@@ -21,6 +21,7 @@ pub fn encode_timer(r: &TimerRecord) -> Vec<u8> {
         fired_at_ms: r.fired_at_ms,
         finished_at_ms: r.finished_at_ms,
         attempt: r.attempt,
+        fire_seq: r.fire_seq,
     }
     .encode_to_vec()
 }
@@ -44,6 +45,7 @@ pub fn decode_timer(bytes: &[u8]) -> Result<TimerRecord> {
         fired_at_ms: s.fired_at_ms,
         finished_at_ms: s.finished_at_ms,
         attempt: s.attempt,
+        fire_seq: s.fire_seq,
     })
 }
 

@@ -5,7 +5,7 @@
 //! Strings inside keys use an order-preserving, prefix-free escape (`0x00` → `0x00 0xFF`,
 //! terminated by `0x00 0x01`) so that byte order equals the order of the decoded tuple.
 
-use hourglass_types::TimerKey;
+use hourglass_types::{TimerKey, TimerRecord};
 
 /// Raft log entries: `partition | index (u64 BE)`.
 pub const CF_RAFT_LOG: &str = "raft_log";
@@ -17,7 +17,10 @@ pub const CF_SM_META: &str = "sm_meta";
 pub const CF_TIMERS: &str = "timers";
 /// Scheduled timers by due time: `partition | fire_at_ms (u64 BE) | workflow_id | timer_id`.
 pub const CF_DUE: &str = "due";
-/// Fired timers not yet acknowledged: `partition | workflow_id | timer_id`.
+/// Fired timers not yet acknowledged, per queue in fire order:
+/// `partition | queue | fire_seq (u64 BE) | fire_at_ms (u64 BE) | workflow_id | timer_id`,
+/// where `fire_seq` is the log index of the `Fire` that fired the timer. Keys of a later fire
+/// sort after every key already there, so a reader's cursor never misses one.
 pub const CF_FIRED: &str = "fired";
 /// Tombstones by the time they were written, for expiry:
 /// `partition | finished_at_ms (u64 BE) | workflow_id | timer_id`.
@@ -51,6 +54,11 @@ pub const SM_HIGH_WATER: u8 = 5;
 
 /// Keys of the `default` column family.
 pub const META_CLUSTER: &[u8] = b"cluster";
+/// The layout of the column families (a `u32`); absent in stores of layout 1, whose
+/// `CF_FIRED` keys were `partition | workflow_id | timer_id`.
+pub const META_LAYOUT: &[u8] = b"layout";
+/// The layout this build writes.
+pub const LAYOUT: u32 = 2;
 
 pub fn partition_prefix(partition: u32) -> [u8; 4] {
     partition.to_be_bytes()
@@ -150,6 +158,65 @@ pub fn due_key(partition: u32, fire_at_ms: u64, key: &TimerKey) -> Vec<u8> {
     timed_key(partition, fire_at_ms, key)
 }
 
+/// Prefix of every `CF_FIRED` key of `queue` in `partition`; a reader starts here.
+pub fn fired_queue_prefix(partition: u32, queue: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + queue.len());
+    k.extend_from_slice(&partition.to_be_bytes());
+    put_escaped(&mut k, queue.as_bytes());
+    k
+}
+
+/// The first key after every `CF_FIRED` key of `queue` in `partition`. The escaped queue
+/// ends with `0x00 0x01` and no escaped string continues past it, so raising that last byte
+/// bounds exactly this queue.
+pub fn fired_queue_end(partition: u32, queue: &str) -> Vec<u8> {
+    let mut k = fired_queue_prefix(partition, queue);
+    *k.last_mut().expect("escaped strings end with a terminator") += 1;
+    k
+}
+
+pub fn fired_key(
+    partition: u32,
+    queue: &str,
+    fire_seq: u64,
+    fire_at_ms: u64,
+    key: &TimerKey,
+) -> Vec<u8> {
+    let mut k = fired_queue_prefix(partition, queue);
+    k.extend_from_slice(&fire_seq.to_be_bytes());
+    k.extend_from_slice(&fire_at_ms.to_be_bytes());
+    put_escaped(&mut k, key.workflow_id.as_bytes());
+    put_escaped(&mut k, key.timer_id.as_bytes());
+    k
+}
+
+/// The `CF_FIRED` key of a fired timer. Timers fired before fire sequences were recorded
+/// (layout 1) sort first, as the oldest fires.
+pub fn fired_key_of(partition: u32, record: &TimerRecord) -> Vec<u8> {
+    fired_key(
+        partition,
+        &record.definition.queue,
+        record.fire_seq.unwrap_or(0),
+        record.fire_at_ms,
+        &record.key,
+    )
+}
+
+/// Decodes a `CF_FIRED` key into `(partition, queue, fire_seq, fire_at_ms, key)`.
+pub fn decode_fired_key(k: &[u8]) -> Option<(u32, String, u64, u64, TimerKey)> {
+    let partition = u32::from_be_bytes(k.get(..4)?.try_into().ok()?);
+    let (queue, rest) = take_escaped(&k[4..])?;
+    let seq = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let at = u64::from_be_bytes(rest.get(8..16)?.try_into().ok()?);
+    Some((
+        partition,
+        String::from_utf8(queue).ok()?,
+        seq,
+        at,
+        decode_ids(&rest[16..])?,
+    ))
+}
+
 pub fn tombstone_key(partition: u32, finished_at_ms: u64, key: &TimerKey) -> Vec<u8> {
     timed_key(partition, finished_at_ms, key)
 }
@@ -174,7 +241,7 @@ pub fn decode_timed_key(k: &[u8]) -> Option<(u32, u64, TimerKey)> {
     Some((partition, at, decode_ids(&k[12..])?))
 }
 
-/// Decodes a `CF_TIMERS` (or `CF_FIRED`) key into `(partition, key)`.
+/// Decodes a `CF_TIMERS` key into `(partition, key)`.
 pub fn decode_timer_key(k: &[u8]) -> Option<(u32, TimerKey)> {
     let partition = u32::from_be_bytes(k.get(..4)?.try_into().ok()?);
     Some((partition, decode_ids(&k[4..])?))
@@ -224,6 +291,26 @@ mod tests {
             prop_assert_eq!(decode_timer_key(&ka), Some((a.0, key(&a.1, &a.2))));
             // A workflow's prefix selects exactly that workflow's timers.
             prop_assert_eq!(ka.starts_with(&workflow_prefix(b.0, &b.1)), a.0 == b.0 && a.1 == b.1);
+        }
+
+        #[test]
+        fn fired_key_order_equals_tuple_order_and_queue_ranges_are_exact(
+            a in (0u32..3, id(), any::<u64>(), any::<u64>(), id(), id()),
+            b in (0u32..3, id(), any::<u64>(), any::<u64>(), id(), id()),
+        ) {
+            let ka = fired_key(a.0, &a.1, a.2, a.3, &key(&a.4, &a.5));
+            let kb = fired_key(b.0, &b.1, b.2, b.3, &key(&b.4, &b.5));
+            let ta = (a.0, a.1.as_bytes(), a.2, a.3, a.4.as_bytes(), a.5.as_bytes());
+            let tb = (b.0, b.1.as_bytes(), b.2, b.3, b.4.as_bytes(), b.5.as_bytes());
+            prop_assert_eq!(ka.cmp(&kb), ta.cmp(&tb));
+            prop_assert_eq!(
+                decode_fired_key(&ka),
+                Some((a.0, a.1.clone(), a.2, a.3, key(&a.4, &a.5)))
+            );
+            // [prefix, end) of a queue holds exactly that queue's keys.
+            let inside = ka.as_slice() >= fired_queue_prefix(b.0, &b.1).as_slice()
+                && ka.as_slice() < fired_queue_end(b.0, &b.1).as_slice();
+            prop_assert_eq!(inside, a.0 == b.0 && a.1 == b.1);
         }
 
         #[test]

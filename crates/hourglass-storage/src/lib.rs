@@ -18,5 +18,5 @@ mod syncer;
 pub use error::{Error, Result};
 pub use log_store::LogStore;
 pub use state_machine::{StateMachine, TimerEvent, TimerEvents};
-pub use store::{ClusterMeta, DueEntry, PartitionState, Store, TombstoneEntry};
+pub use store::{ClusterMeta, DueEntry, FiredEntry, PartitionState, Store, TombstoneEntry};
 pub use syncer::{LogSyncer, SyncStats};

@@ -104,10 +104,12 @@ impl StateMachine {
         );
     }
 
+    /// Applies `command`, the entry at log index `index`.
     fn apply_command(
         &self,
         batch: &mut WriteBatch,
         events: &mut Vec<TimerEvent>,
+        index: u64,
         command: Command,
     ) -> Result<CommandResponse> {
         let p = self.partition;
@@ -220,6 +222,7 @@ impl StateMachine {
                     record.state = TimerState::Fired;
                     record.fired_at_ms = Some(now);
                     record.attempt = 1;
+                    record.fire_seq = Some(index);
                     batch.put_cf(
                         timers_cf,
                         keys::timer_key(p, &key),
@@ -229,7 +232,11 @@ impl StateMachine {
                         self.store.cf(keys::CF_DUE),
                         keys::due_key(p, record.fire_at_ms, &key),
                     );
-                    batch.put_cf(self.store.cf(keys::CF_FIRED), keys::timer_key(p, &key), []);
+                    batch.put_cf(
+                        self.store.cf(keys::CF_FIRED),
+                        keys::fired_key_of(p, &record),
+                        [],
+                    );
                     events.push(TimerEvent::Unscheduled {
                         key,
                         fire_at_ms: record.fire_at_ms,
@@ -262,7 +269,10 @@ impl StateMachine {
                         keys::timer_key(p, &key),
                         codec::encode_timer(&record),
                     );
-                    batch.delete_cf(self.store.cf(keys::CF_FIRED), keys::timer_key(p, &key));
+                    batch.delete_cf(
+                        self.store.cf(keys::CF_FIRED),
+                        keys::fired_key_of(p, &record),
+                    );
                     batch.put_cf(
                         self.store.cf(keys::CF_TOMBSTONES),
                         keys::tombstone_key(p, completed_at_ms, &key),
@@ -338,6 +348,7 @@ impl StateMachine {
             fired_at_ms: None,
             finished_at_ms: None,
             attempt: 0,
+            fire_seq: None,
         };
         batch.put_cf(
             self.store.cf(keys::CF_TIMERS),
@@ -382,7 +393,7 @@ impl StateMachine {
         let response = match entry.payload {
             EntryPayload::Blank => CommandResponse::None,
             EntryPayload::Normal(command) => {
-                self.apply_command(&mut batch, &mut events, command)?
+                self.apply_command(&mut batch, &mut events, entry.log_id.index, command)?
             }
             EntryPayload::Membership(m) => {
                 self.meta_put(
@@ -451,10 +462,25 @@ impl StateMachine {
         }
         let mut pending = 0u64;
         let high_water = read_snapshot(&mut tee, |cf, k, v| {
-            if cf == keys::CF_DUE {
-                pending += 1;
+            match cf {
+                // The fired index is derived from the timers, whatever layout the sender's
+                // was (older builds sent theirs).
+                keys::CF_FIRED => return Ok(()),
+                keys::CF_DUE => pending += 1,
+                keys::CF_TIMERS => {
+                    let record = codec::decode_timer(v)?;
+                    if record.state == TimerState::Fired {
+                        batch.put_cf(
+                            self.store.cf(keys::CF_FIRED),
+                            keys::fired_key_of(p, &record),
+                            [],
+                        );
+                    }
+                }
+                _ => {}
             }
             batch.put_cf(self.store.cf(cf), k, v);
+            Ok(())
         })?;
         let mut copy = tee.copy.into_inner().map_err(|e| Error::Io {
             path: tmp_path.clone(),
@@ -619,6 +645,10 @@ impl SnapshotBuilder {
         )
         .map_err(io(&tmp))?;
         for (index, cf_name) in keys::SNAPSHOT_CFS.iter().enumerate() {
+            // Derived from the timers at install (see `install`).
+            if *cf_name == keys::CF_FIRED {
+                continue;
+            }
             let mut ro = ReadOptions::default();
             ro.set_iterate_upper_bound(keys::partition_end(p));
             ro.set_snapshot(&snap);
@@ -699,7 +729,10 @@ fn write_record(out: &mut impl Write, cf: u8, k: &[u8], v: &[u8]) -> std::io::Re
 
 /// Reads a snapshot file, handing each record to `each`; returns the partition's high-water
 /// time (0 in version 1 files, which predate it).
-fn read_snapshot(input: &mut impl Read, mut each: impl FnMut(&str, &[u8], &[u8])) -> Result<u64> {
+fn read_snapshot(
+    input: &mut impl Read,
+    mut each: impl FnMut(&str, &[u8], &[u8]) -> Result<()>,
+) -> Result<u64> {
     let bad = |e: std::io::Error| Error::corrupt("snapshot", e);
     let mut magic = [0u8; 8];
     input.read_exact(&mut magic).map_err(bad)?;
@@ -740,7 +773,7 @@ fn read_snapshot(input: &mut impl Read, mut each: impl FnMut(&str, &[u8], &[u8])
         })?;
         let k = read_bytes(input)?;
         let v = read_bytes(input)?;
-        each(cf, &k, &v);
+        each(cf, &k, &v)?;
     }
 }
 

@@ -50,6 +50,14 @@ pub struct TombstoneEntry {
     pub key: TimerKey,
 }
 
+/// One fired, unacknowledged timer, as the fired index lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FiredEntry {
+    /// The raw `CF_FIRED` key, where a scan resumes.
+    pub raw: Vec<u8>,
+    pub record: TimerRecord,
+}
+
 /// Per-partition figures for status reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PartitionState {
@@ -93,10 +101,71 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, cf)
         });
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
-        Ok(Store {
+        let store = Store {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
-        })
+        };
+        store.upgrade_layout()?;
+        Ok(store)
+    }
+
+    /// Brings a store written by an older build to the current layout, once.
+    fn upgrade_layout(&self) -> Result<()> {
+        let layout = match self.db.get(keys::META_LAYOUT)? {
+            Some(v) => codec::decode::<u32>("store layout", &v)?,
+            None => 1,
+        };
+        if layout > keys::LAYOUT {
+            return Err(Error::corrupt(
+                "store layout",
+                format!(
+                    "{} was written by a newer build (layout {layout}, this build knows up to {})",
+                    self.dir.display(),
+                    keys::LAYOUT
+                ),
+            ));
+        }
+        if layout < 2 {
+            let rebuilt = self.rebuild_fired_index()?;
+            if rebuilt > 0 {
+                tracing::info!(
+                    dir = %self.dir.display(),
+                    fired = rebuilt,
+                    "store upgraded: fired timers indexed per queue in fire order"
+                );
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_opt(keys::META_LAYOUT, codec::encode(&keys::LAYOUT), &wo)?;
+        Ok(())
+    }
+
+    /// Rewrites `CF_FIRED` from the fired timers in `CF_TIMERS`; returns how many there are.
+    fn rebuild_fired_index(&self) -> Result<u64> {
+        let fired_cf = self.cf(keys::CF_FIRED);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range_cf(fired_cf, &[0u8; 4][..], &[0xFFu8; 5][..]);
+        let mut count = 0;
+        for item in self
+            .db
+            .iterator_cf(self.cf(keys::CF_TIMERS), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let record = codec::decode_timer(&v)?;
+            if record.state != hourglass_types::TimerState::Fired {
+                continue;
+            }
+            let (partition, _) = keys::decode_timer_key(&k)
+                .ok_or_else(|| Error::corrupt("timer key", format!("{k:?}")))?;
+            batch.put_cf(fired_cf, keys::fired_key_of(partition, &record), []);
+            count += 1;
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        Ok(count)
     }
 
     pub fn dir(&self) -> &Path {
@@ -239,30 +308,42 @@ impl Store {
         Ok(out)
     }
 
-    /// Every fired, unacknowledged timer of `partition`.
-    pub fn fired_unacked(&self, partition: u32) -> Result<Vec<TimerRecord>> {
-        let prefix = keys::partition_prefix(partition);
+    /// Fired, unacknowledged timers of `queue` in `partition` in fire order, from the raw
+    /// `CF_FIRED` key `from` (inclusive; [`keys::fired_queue_prefix`] to start at the oldest):
+    /// at most `limit`, and no more once their payloads reach `max_bytes` (at least one is
+    /// returned when any is left, whatever its size).
+    pub fn scan_fired(
+        &self,
+        partition: u32,
+        queue: &str,
+        from: &[u8],
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<FiredEntry>> {
         let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(keys::partition_end(partition));
+        ro.set_iterate_upper_bound(keys::fired_queue_end(partition, queue));
         let iter = self.db.iterator_cf_opt(
             self.cf(keys::CF_FIRED),
             ro,
-            IteratorMode::From(&prefix, Direction::Forward),
+            IteratorMode::From(from, Direction::Forward),
         );
         let mut out = Vec::new();
+        let mut bytes = 0;
         for item in iter {
-            let (k, _) = item?;
-            let (_, key) = keys::decode_timer_key(&k)
-                .ok_or_else(|| Error::corrupt("fired key", format!("{k:?}")))?;
-            match self.get_timer(partition, &key)? {
-                Some(record) => out.push(record),
-                None => {
-                    return Err(Error::corrupt(
-                        "fired index",
-                        format!("{key:?} has no timer"),
-                    ))
-                }
+            if out.len() >= limit || (bytes >= max_bytes && !out.is_empty()) {
+                break;
             }
+            let (k, _) = item?;
+            let (_, _, _, _, key) = keys::decode_fired_key(&k)
+                .ok_or_else(|| Error::corrupt("fired key", format!("{k:?}")))?;
+            let record = self
+                .get_timer(partition, &key)?
+                .ok_or_else(|| Error::corrupt("fired index", format!("{key:?} has no timer")))?;
+            bytes += record.definition.payload.len();
+            out.push(FiredEntry {
+                raw: k.to_vec(),
+                record,
+            });
         }
         Ok(out)
     }
@@ -326,5 +407,84 @@ impl Store {
             pending: read(keys::SM_PENDING, "pending count")?,
             high_water_ms: read(keys::SM_HIGH_WATER, "high-water time")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hourglass_types::{TimerDefinition, TimerState};
+
+    fn fired(id: &str) -> TimerRecord {
+        TimerRecord {
+            key: TimerKey {
+                workflow_id: "w".into(),
+                timer_id: id.into(),
+            },
+            definition: TimerDefinition {
+                queue: "q".into(),
+                fire_at_ms: Some(5),
+                delay_ms: None,
+                payload: vec![],
+            },
+            fire_at_ms: 5,
+            state: TimerState::Fired,
+            created_at_ms: 1,
+            fired_at_ms: Some(6),
+            finished_at_ms: None,
+            attempt: 1,
+            fire_seq: None,
+        }
+    }
+
+    /// A store of layout 1 (fired index by timer id, records without a fire sequence) opens
+    /// with its fired timers indexed per queue, none lost, and is marked current.
+    #[test]
+    fn a_layout_1_store_is_upgraded_on_open() {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for (p, id) in [(0, "b"), (0, "a"), (3, "c")] {
+                let record = fired(id);
+                let k = keys::timer_key(p, &record.key);
+                store
+                    .db
+                    .put_cf(store.cf(keys::CF_TIMERS), &k, codec::encode_timer(&record))
+                    .unwrap();
+                store.db.put_cf(store.cf(keys::CF_FIRED), &k, []).unwrap();
+            }
+            let mut completed = fired("done");
+            completed.state = TimerState::Completed;
+            store
+                .db
+                .put_cf(
+                    store.cf(keys::CF_TIMERS),
+                    keys::timer_key(0, &completed.key),
+                    codec::encode_timer(&completed),
+                )
+                .unwrap();
+            store.db.delete(keys::META_LAYOUT).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let ids = |p| -> Vec<String> {
+            store
+                .scan_fired(p, "q", &keys::fired_queue_prefix(p, "q"), 100, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.record.key.timer_id)
+                .collect()
+        };
+        assert_eq!(ids(0), ["a", "b"]);
+        assert_eq!(ids(3), ["c"]);
+        let all = store
+            .db
+            .iterator_cf(store.cf(keys::CF_FIRED), IteratorMode::Start)
+            .count();
+        assert_eq!(all, 3, "the old keys are gone");
+        assert_eq!(
+            codec::decode::<u32>("layout", &store.db.get(keys::META_LAYOUT).unwrap().unwrap())
+                .unwrap(),
+            keys::LAYOUT
+        );
     }
 }

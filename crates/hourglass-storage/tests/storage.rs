@@ -1,6 +1,6 @@
 //! The storage crate against real RocksDB in temporary directories.
 
-use hourglass_storage::{LogStore, LogSyncer, StateMachine, Store, TimerEvent, TimerEvents};
+use hourglass_storage::{keys, LogStore, LogSyncer, StateMachine, Store, TimerEvent, TimerEvents};
 use hourglass_types::{
     Command, CommandResponse, NodeId, TimerDefinition, TimerKey, TimerState, TypeConfig,
 };
@@ -64,6 +64,22 @@ fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(command),
     }
+}
+
+/// The timer ids of every fired, unacknowledged timer of `queue`, in fire order.
+fn fired_ids(store: &Store, partition: u32, queue: &str) -> Vec<String> {
+    store
+        .scan_fired(
+            partition,
+            queue,
+            &keys::fired_queue_prefix(partition, queue),
+            usize::MAX,
+            usize::MAX,
+        )
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record.key.timer_id)
+        .collect()
 }
 
 fn schedule(k: TimerKey, d: TimerDefinition, now: u64) -> Command {
@@ -208,10 +224,11 @@ async fn snapshot_moves_one_partition_between_nodes() {
         .await
         .unwrap();
     // The partition's time travels with the snapshot.
+    // Fired timers travel too; the receiver indexes them in fire order.
     a_sm.apply([entry(
         101,
         Command::Fire {
-            timers: vec![],
+            timers: vec![key("w", "3"), key("w", "1"), key("w", "2")],
             fired_at_ms: 7_777,
         },
     )])
@@ -240,7 +257,8 @@ async fn snapshot_moves_one_partition_between_nodes() {
     tokio::io::copy(&mut source, &mut *incoming).await.unwrap();
     b_sm.install_snapshot(&snap.meta, incoming).await.unwrap();
 
-    assert_eq!(b.partition_state(2).unwrap().pending, 100);
+    assert_eq!(b.partition_state(2).unwrap().pending, 97);
+    assert_eq!(fired_ids(&b, 2, "default"), ["1", "2", "3"]);
     assert!(b.get_timer(2, &key("w", "42")).unwrap().is_some());
     assert!(b.get_timer(2, &key("stale", "x")).unwrap().is_none());
     assert!(b.get_timer(3, &key("other", "x")).unwrap().is_none());
@@ -409,7 +427,7 @@ async fn fire_moves_only_due_scheduled_timers_and_complete_tombstones() {
         }
     );
     assert_eq!(store.partition_state(0).unwrap().pending, 1);
-    assert_eq!(store.fired_unacked(0).unwrap().len(), 1);
+    assert_eq!(fired_ids(&store, 0, "default"), ["due"]);
     // A cancel after the fire answers already-fired.
     let r = sm
         .apply([entry(
@@ -433,7 +451,7 @@ async fn fire_moves_only_due_scheduled_timers_and_complete_tombstones() {
         .await
         .unwrap();
     assert_eq!(r[0], CommandResponse::Completed { count: 1 });
-    assert!(store.fired_unacked(0).unwrap().is_empty());
+    assert!(fired_ids(&store, 0, "default").is_empty());
     assert_eq!(
         store.get_timer(0, &key("w", "due")).unwrap().unwrap().state,
         TimerState::Completed
@@ -472,6 +490,79 @@ async fn fire_moves_only_due_scheduled_timers_and_complete_tombstones() {
 
 /// A `Fire` proposed with a time behind the partition's (a leader whose clock stepped back)
 /// commits at the partition's time: it never goes back, and nothing fires before its due time.
+/// Each queue's fired timers come back in fire order (a later fire after an earlier one,
+/// whatever their due times; inside one fire by due time), bounded in count and bytes, from
+/// any cursor, and an acknowledged timer leaves the index.
+#[tokio::test]
+async fn fired_timers_are_read_per_queue_in_fire_order() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut sm = store.state_machine(0, events()).unwrap();
+    let in_queue = |queue: &str, fire_at_ms: u64| TimerDefinition {
+        queue: queue.into(),
+        ..at(fire_at_ms, &[7; 100])
+    };
+    let mut entries = Vec::new();
+    for (i, (id, queue, due)) in [
+        ("a", "q", 50),
+        ("b", "q", 10),
+        ("c", "other", 10),
+        ("d", "q", 5),
+        ("e", "q", 40),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        entries.push(entry(
+            i as u64 + 1,
+            schedule(key("w", id), in_queue(queue, due), 0),
+        ));
+    }
+    let fire = |index, ids: &[&str]| {
+        entry(
+            index,
+            Command::Fire {
+                timers: ids.iter().map(|id| key("w", id)).collect(),
+                fired_at_ms: 100,
+            },
+        )
+    };
+    // The second fire holds an earlier due time than the first: fire order wins.
+    entries.push(fire(6, &["a", "e", "c"]));
+    entries.push(fire(7, &["d", "b"]));
+    sm.apply(entries).await.unwrap();
+    assert_eq!(fired_ids(&store, 0, "q"), ["e", "a", "d", "b"]);
+    assert_eq!(fired_ids(&store, 0, "other"), ["c"]);
+    assert!(fired_ids(&store, 1, "q").is_empty());
+
+    let start = keys::fired_queue_prefix(0, "q");
+    let page = store.scan_fired(0, "q", &start, 3, usize::MAX).unwrap();
+    assert_eq!(page.len(), 3);
+    assert_eq!(page[0].record.fire_seq, Some(6));
+    // Bytes: two payloads of 100 reach 150, so the scan stops after them.
+    assert_eq!(store.scan_fired(0, "q", &start, 10, 150).unwrap().len(), 2);
+    // At least one, however large.
+    assert_eq!(store.scan_fired(0, "q", &start, 10, 1).unwrap().len(), 1);
+    // Resuming after the last key read.
+    let mut after = page[2].raw.clone();
+    after.push(0);
+    let rest = store.scan_fired(0, "q", &after, 10, usize::MAX).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].record.key.timer_id, "b");
+
+    sm.apply([entry(
+        8,
+        Command::Complete {
+            timers: vec![key("w", "a"), key("w", "c")],
+            completed_at_ms: 200,
+        },
+    )])
+    .await
+    .unwrap();
+    assert_eq!(fired_ids(&store, 0, "q"), ["e", "d", "b"]);
+    assert!(fired_ids(&store, 0, "other").is_empty());
+}
+
 #[tokio::test]
 async fn the_partition_time_never_goes_back() {
     let dir = TempDir::new().unwrap();

@@ -57,6 +57,9 @@ pub struct TimerRecord {
     pub fired_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
     pub attempt: u32,
+    /// The log index of the `Fire` that fired it: fired timers of a partition are delivered
+    /// in this order.
+    pub fire_seq: Option<u64>,
 }
 
 /// Limits applied to requests; the payload bound is configurable per cluster.

@@ -1,7 +1,7 @@
 //! `hourglass bench`: load against a running cluster. Figures are printed as a table, or as
 //! JSON with `--json`; docs/benchmarks.md records them with the command and the machine.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,6 +43,28 @@ fn request(workflow: String, timer: String, queue: &str, at_ms: u64) -> v1::Sche
     }
 }
 
+/// Each node's resident memory (MiB) by node id, as `cluster status` reports it.
+async fn rss_mib(client: &Client) -> Result<BTreeMap<u64, u64>, Failure> {
+    Ok(client
+        .cluster_status()
+        .await?
+        .nodes
+        .iter()
+        .map(|n| (n.node_id, n.rss_bytes >> 20))
+        .collect())
+}
+
+/// Timers of the cluster still SCHEDULED.
+async fn pending(client: &Client) -> Result<u64, Failure> {
+    Ok(client
+        .cluster_status()
+        .await?
+        .partitions
+        .iter()
+        .map(|p| p.timers_pending)
+        .sum())
+}
+
 /// Percentile of a sorted slice.
 fn pct(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -60,27 +82,30 @@ struct Load {
     batch: u64,
 }
 
-/// Schedules `count` timers; `at(i)` gives each due time.
+/// Schedules `count` timers with `payload`; `at(i)` gives each due time.
 async fn schedule_many(
     client: &Arc<Client>,
     run: &str,
     queue: &str,
     count: u64,
     load: Load,
+    payload: Vec<u8>,
     at: impl Fn(u64) -> u64 + Send + Sync + 'static,
 ) -> Result<Duration, Failure> {
+    let payload = Arc::new(payload);
     let next = Arc::new(AtomicU64::new(0));
     let at = Arc::new(at);
     let started = Instant::now();
     let batch = load.batch.clamp(1, 1000);
     let mut tasks = Vec::new();
     for _ in 0..load.concurrency.max(1) {
-        let (client, next, at, run, queue) = (
+        let (client, next, at, run, queue, payload) = (
             Arc::clone(client),
             Arc::clone(&next),
             Arc::clone(&at),
             run.to_owned(),
             queue.to_owned(),
+            Arc::clone(&payload),
         );
         tasks.push(tokio::spawn(async move {
             loop {
@@ -89,10 +114,11 @@ async fn schedule_many(
                     return Ok::<(), hourglass_client::Error>(());
                 }
                 let requests: Vec<_> = (first..(first + batch).min(count))
-                    .map(|i| {
-                        request(
+                    .map(|i| v1::ScheduleRequest {
+                        payload: payload.to_vec(),
+                        ..request(
                             format!("{run}-w{}", i % 10_000),
-                            format!("t{i}"),
+                            format!("t{i:09}"),
                             &queue,
                             at(i),
                         )
@@ -121,6 +147,33 @@ async fn schedule_many(
             .map_err(|e| anyhow::anyhow!("schedule task: {e}"))??;
     }
     Ok(started.elapsed())
+}
+
+/// An instant at which `count` timers, scheduled from now, will all have been scheduled:
+/// 1,000 probe timers (a `-probe` queue, due in an hour) give the rate, with a margin.
+/// Returns it and how far from now it is, in ms.
+async fn due_after_scheduling(
+    client: &Arc<Client>,
+    run: &str,
+    count: u64,
+    load: Load,
+    payload: usize,
+) -> Result<(u64, u64), Failure> {
+    let probe = Instant::now();
+    let probes = 1_000.min(count);
+    schedule_many(
+        client,
+        &format!("{run}-probe"),
+        &format!("{run}-probe"),
+        probes,
+        load,
+        vec![b'x'; payload],
+        |_| now_ms() + 3_600_000,
+    )
+    .await?;
+    let per_timer = probe.elapsed().as_secs_f64() / probes.max(1) as f64;
+    let lead_ms = (per_timer * count as f64 * 1_000.0 * 1.5) as u64 + 5_000;
+    Ok((now_ms() + lead_ms, lead_ms))
 }
 
 pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
@@ -208,24 +261,13 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             let load = Load { concurrency, batch };
             let queue = run.clone();
             // Schedule everything for an instant far enough out, then watch it all fall due.
-            let probe = Instant::now();
-            schedule_many(
-                &client,
-                &format!("{run}-probe"),
-                &queue,
-                1_000.min(count),
-                load,
-                |_| now_ms() + 3_600_000,
-            )
-            .await?;
-            let per_timer = probe.elapsed().as_secs_f64() / 1_000f64.min(count as f64);
-            let lead_ms = (per_timer * count as f64 * 1_000.0 * 1.5) as u64 + 5_000;
-            let due = now_ms() + lead_ms;
+            let (due, lead_ms) = due_after_scheduling(&client, &run, count, load, 0).await?;
             eprintln!(
                 "bench: scheduling {count} timers all due in {} s",
                 lead_ms / 1000
             );
-            let took = schedule_many(&client, &run, &queue, count, load, move |_| due).await?;
+            let took =
+                schedule_many(&client, &run, &queue, count, load, Vec::new(), move |_| due).await?;
             let mut worker = Worker::start(
                 Arc::clone(&client),
                 WorkerOptions {
@@ -258,6 +300,127 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             });
             report(global, &result);
         }
+        BenchCommand::Backlog {
+            count,
+            payload,
+            concurrency,
+            batch,
+            wait,
+        } => {
+            let wait = parse_duration("--wait", &wait)?;
+            let load = Load { concurrency, batch };
+            let queue = run.clone();
+            let pending_before = pending(&client).await?;
+            let rss_before = rss_mib(&client).await?;
+            let (due, lead_ms) = due_after_scheduling(&client, &run, count, load, payload).await?;
+            eprintln!(
+                "bench: scheduling {count} timers of {payload} bytes, all due in {} s, no worker",
+                lead_ms / 1000
+            );
+            let took = schedule_many(
+                &client,
+                &run,
+                &queue,
+                count,
+                load,
+                vec![b'x'; payload],
+                move |_| due,
+            )
+            .await?;
+            let rss_scheduled = rss_mib(&client).await?;
+            // Watch memory while they fall due and fire, and for `wait` after the last fire.
+            let mut rss_max = rss_scheduled.clone();
+            let mut fired_at = None;
+            let mut last_report = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                for (node, mib) in rss_mib(&client).await? {
+                    let max = rss_max.entry(node).or_default();
+                    *max = (*max).max(mib);
+                }
+                let left = pending(&client)
+                    .await?
+                    .saturating_sub(pending_before + 1_000.min(count));
+                if left == 0 && now_ms() >= due {
+                    let at = *fired_at.get_or_insert_with(Instant::now);
+                    if at.elapsed() >= wait {
+                        break;
+                    }
+                }
+                if last_report.elapsed() >= Duration::from_secs(10) {
+                    eprintln!(
+                        "bench: {left} of {count} not fired yet; RSS MiB now {rss_max:?} at most"
+                    );
+                    last_report = Instant::now();
+                }
+            }
+            let rss_waiting = rss_mib(&client).await?;
+            eprintln!("bench: every timer fired; a worker subscribes");
+            let mut worker = Worker::start(
+                Arc::clone(&client),
+                WorkerOptions {
+                    credits: 1_000,
+                    ..WorkerOptions::new(queue.clone())
+                },
+            )
+            .await?;
+            let started = Instant::now();
+            let mut seen = HashSet::new();
+            // G7 per partition: first attempts come in fire order, which for timers due at one
+            // instant is timer id order (ids are zero-padded) within a workflow-ordered key.
+            let mut last_key: HashMap<u32, (String, String)> = HashMap::new();
+            let mut out_of_order = 0u64;
+            let mut redelivered = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(1_800);
+            while (seen.len() as u64) < count && Instant::now() < deadline {
+                let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(5), worker.next()).await
+                else {
+                    continue;
+                };
+                let t = &d.timer;
+                if t.attempt > 1 {
+                    redelivered += 1;
+                } else {
+                    let key = (t.workflow_id.clone(), t.timer_id.clone());
+                    if let Some(prev) = last_key.insert(t.partition, key.clone()) {
+                        if prev >= key {
+                            out_of_order += 1;
+                        }
+                    }
+                }
+                seen.insert((t.workflow_id.clone(), t.timer_id.clone()));
+                d.ack();
+                if seen.len() % 100_000 == 0 {
+                    eprintln!("bench: {} of {count} delivered", seen.len());
+                }
+            }
+            let delivered_in = started.elapsed();
+            let nodes: Vec<_> = rss_before
+                .iter()
+                .map(|(node, before)| {
+                    let max = rss_max.get(node).copied().unwrap_or(0);
+                    json!({
+                        "node_id": node,
+                        "rss_mib_before": before,
+                        "rss_mib_scheduled": rss_scheduled.get(node),
+                        "rss_mib_max_while_firing_and_waiting": max,
+                        "rss_mib_waiting": rss_waiting.get(node),
+                        "growth_mib_over_scheduled": max.saturating_sub(rss_scheduled.get(node).copied().unwrap_or(0)),
+                    })
+                })
+                .collect();
+            let result = json!({
+                "bench": "backlog", "timers": count, "payload_bytes": payload,
+                "schedule_seconds": took.as_secs_f64(),
+                "schedule_per_second": count as f64 / took.as_secs_f64(),
+                "nodes": nodes,
+                "delivered": seen.len(), "deliver_seconds": delivered_in.as_secs_f64(),
+                "deliver_per_second": seen.len() as f64 / delivered_in.as_secs_f64(),
+                "first_attempts_out_of_fire_order": out_of_order,
+                "redeliveries": redelivered,
+            });
+            report(global, &result);
+        }
         BenchCommand::Fill {
             count,
             concurrency,
@@ -267,7 +430,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             let year = 365 * 24 * 3600 * 1000u64;
             let base = now_ms() + year;
             let before = client.cluster_status().await?;
-            let took = schedule_many(&client, &run, "far", count, load, move |i| {
+            let took = schedule_many(&client, &run, "far", count, load, Vec::new(), move |i| {
                 base + (i % 1_000_000) * 1_000
             })
             .await?;

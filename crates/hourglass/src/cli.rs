@@ -80,6 +80,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         batch: u64,
     },
+    /// Many timers with payloads fall due at one instant while no worker is subscribed: each
+    /// node's memory while they wait; then a worker takes them all, checking the fire order.
+    Backlog {
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        /// Payload bytes per timer.
+        #[arg(long, default_value_t = 1024)]
+        payload: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: u64,
+        /// Timers per request (1: Schedule; more: ScheduleBatch, at most 1000).
+        #[arg(long, default_value_t = 500)]
+        batch: u64,
+        /// How long to watch memory after the last timer fired, before a worker subscribes.
+        #[arg(long, default_value = "30s")]
+        wait: String,
+    },
     /// Far-future timers (a year out): scheduling throughput, then each node's memory.
     Fill {
         #[arg(long, default_value_t = 1_000_000)]

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use hourglass_storage::{keys, DueEntry, TimerEvent};
-use hourglass_types::{TimerKey, TimerRecord};
+use hourglass_types::TimerKey;
 use hourglass_wheel::{Handle, ManualClock, TimingWheel};
 
 /// Reads the partition's due index, in `(fire_at, workflow_id, timer_id)` order.
@@ -30,9 +30,6 @@ pub struct CoreConfig {
     pub batch: usize,
 }
 
-/// A fired timer waiting to be delivered, with its delivery attempt.
-pub type Delivery = (TimerRecord, u32);
-
 pub struct EngineCore<R> {
     partition: u32,
     config: CoreConfig,
@@ -49,9 +46,6 @@ pub struct EngineCore<R> {
     covered_until_ms: Option<u64>,
     /// Expired from the wheel, waiting to be proposed, in due order.
     due: VecDeque<(u64, TimerKey)>,
-    /// Fired timers not yet due by this core's time (fired early by an earlier leader, or
-    /// handed over at start-up); delivered when they are.
-    held: BTreeMap<(u64, TimerKey), Delivery>,
 }
 
 impl<R: DueIndex> EngineCore<R> {
@@ -70,7 +64,6 @@ impl<R: DueIndex> EngineCore<R> {
             loaded_until: keys::partition_prefix(partition).to_vec(),
             covered_until_ms: None,
             due: VecDeque::new(),
-            held: BTreeMap::new(),
         }
     }
 
@@ -212,33 +205,8 @@ impl<R: DueIndex> EngineCore<R> {
         }
     }
 
-    /// Of these fired timers, returns those due by the core's time for delivery and holds the
-    /// others until they are: a fired timer is never handed out before its `fire_at`.
-    pub fn release(&mut self, fired: impl IntoIterator<Item = Delivery>) -> Vec<Delivery> {
-        let mut out = Vec::new();
-        for (record, attempt) in fired {
-            if record.fire_at_ms <= self.now_ms {
-                out.push((record, attempt));
-            } else {
-                self.held
-                    .insert((record.fire_at_ms, record.key.clone()), (record, attempt));
-            }
-        }
-        out
-    }
-
-    /// Held timers that are now due.
-    pub fn release_held(&mut self) -> Vec<Delivery> {
-        let later = self
-            .held
-            .split_off(&(self.now_ms.saturating_add(1), TimerKey::default()));
-        std::mem::replace(&mut self.held, later)
-            .into_values()
-            .collect()
-    }
-
-    /// The core time at which there may be something to do: a timer due, a held timer due,
-    /// or the window to extend. `None` when only new events can give it work.
+    /// The core time at which there may be something to do: a timer due or the window to
+    /// extend. `None` when only new events can give it work.
     pub fn next_wake_ms(&self) -> Option<u64> {
         if !self.due.is_empty() {
             return Some(self.now_ms);
@@ -248,14 +216,10 @@ impl<R: DueIndex> EngineCore<R> {
             None if self.wheel.len() > self.config.max_in_memory / 2 => None,
             None => Some(self.now_ms),
         };
-        [
-            self.wheel.next_deadline(),
-            self.held.keys().next().map(|(at, _)| *at),
-            refill,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [self.wheel.next_deadline(), refill]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
@@ -467,43 +431,6 @@ mod tests {
         });
         core.advance(T0 + 2_000);
         assert!(fire(&index, &mut core).is_empty());
-    }
-
-    #[test]
-    fn fired_timers_are_released_only_when_due() {
-        let index = Index::default();
-        let mut core = core(&index, 100, T0);
-        let record = |id: &str, at: u64| TimerRecord {
-            key: TimerKey {
-                workflow_id: "wf".into(),
-                timer_id: id.into(),
-            },
-            definition: hourglass_types::TimerDefinition {
-                queue: "default".into(),
-                fire_at_ms: Some(at),
-                delay_ms: None,
-                payload: Vec::new(),
-            },
-            fire_at_ms: at,
-            state: hourglass_types::TimerState::Fired,
-            created_at_ms: T0,
-            fired_at_ms: Some(T0),
-            finished_at_ms: None,
-            attempt: 1,
-        };
-        let out = core.release(vec![
-            (record("now", T0), 2),
-            (record("later", T0 + 2_000), 2),
-        ]);
-        assert_eq!(out.len(), 1);
-        assert_eq!(core.next_wake_ms(), Some(T0));
-        assert!(core.release_held().is_empty());
-        core.advance(T0 + 1_999);
-        assert!(core.release_held().is_empty());
-        core.advance(T0 + 2_000);
-        let out = core.release_held();
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].0.key.timer_id, "later");
     }
 
     #[test]

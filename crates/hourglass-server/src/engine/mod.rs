@@ -2,24 +2,27 @@
 //!
 //! It feeds the core cluster time (never this node's bare wall clock), the due index and the
 //! schedule changes as they are applied; proposes what the core finds due as batched `Fire`
-//! commands stamped with the core's time; puts back what a fire did not take; hands what a
-//! committed fire moved to FIRED to the dispatcher; and proposes acknowledged deliveries as
+//! commands stamped with the core's time; puts back what a fire did not take; hands fired
+//! timers to the dispatcher as [`delivery`] decides (a bounded window per queue with a worker,
+//! refilled from the fired index as acks free room); and proposes acknowledged deliveries as
 //! batched `Complete` commands. It waits on the monotonic clock (tokio's timers) and stops
 //! when the node loses leadership; the next leader starts its own from the replicated state.
 
 pub mod core;
+pub mod delivery;
 pub mod expiry;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hourglass_storage::{DueEntry, Store, TimerEvent, TimerEvents, TombstoneEntry};
-use hourglass_types::{Command, CommandResponse, NodeId, TimerKey, TimerRecord};
-use tokio::sync::{broadcast, mpsc, watch};
+use hourglass_storage::{DueEntry, FiredEntry, Store, TimerEvent, TimerEvents, TombstoneEntry};
+use hourglass_types::{Command, CommandResponse, NodeId, TimerKey};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
-use self::core::{CoreConfig, Delivery, DueIndex, EngineCore};
+use self::core::{CoreConfig, DueIndex, EngineCore};
+use self::delivery::{Delivery, DeliveryWindows, FiredIndex, WindowConfig};
 use self::expiry::{Expiry, TombstoneIndex};
 use crate::clock::TimeSource;
 use crate::clock_probe::NodeClock;
@@ -36,6 +39,8 @@ pub struct EngineConfig {
     pub max_timers_in_memory: usize,
     /// Most timers in one `Fire` or `Complete` proposal.
     pub batch: usize,
+    /// Most fired timers of one queue held in memory for delivery, in number and payload bytes.
+    pub delivery_window: WindowConfig,
     /// Longest single wait; cluster time is re-read at least this often.
     pub max_sleep: Duration,
     /// Tombstones older than this are expired.
@@ -71,6 +76,22 @@ impl DueIndex for StoreIndex {
     }
 }
 
+impl FiredIndex for StoreIndex {
+    fn scan(
+        &self,
+        queue: &str,
+        from: &[u8],
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<FiredEntry>, String> {
+        tokio::task::block_in_place(|| {
+            self.store
+                .scan_fired(self.partition, queue, from, limit, max_bytes)
+        })
+        .map_err(|e| format!("reading the fired index: {e}"))
+    }
+}
+
 impl TombstoneIndex for StoreIndex {
     fn scan(
         &self,
@@ -89,7 +110,6 @@ impl TombstoneIndex for StoreIndex {
 struct Engine {
     partition: u32,
     group: Group,
-    store: Store,
     dispatcher: Arc<Dispatcher>,
     metrics: Arc<Metrics>,
     config: EngineConfig,
@@ -97,6 +117,9 @@ struct Engine {
     /// The partition's replicas, whose clocks make its time.
     replicas: Vec<NodeId>,
     core: EngineCore<StoreIndex>,
+    windows: DeliveryWindows<StoreIndex>,
+    /// Notified by the dispatcher when the partition may offer more.
+    wake: Arc<Notify>,
     /// The partition's tombstone index, which `expiry` reads.
     tombstones: StoreIndex,
     expiry: Expiry,
@@ -190,7 +213,8 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
         }
     };
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    dispatcher.attach_partition(partition, ack_tx.clone());
+    let wake = Arc::new(Notify::new());
+    dispatcher.attach_partition(partition, ack_tx.clone(), Arc::clone(&wake));
     // Runs however the engine ends, also when its task is aborted.
     let _cleanup = Cleanup {
         partition,
@@ -221,6 +245,18 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
     );
     let mut engine = Engine {
         partition,
+        // Whoever delivered what was fired before may have crashed mid-way: those go out as
+        // new attempts.
+        windows: DeliveryWindows::new(
+            partition,
+            config.delivery_window,
+            StoreIndex {
+                store: store.clone(),
+                partition,
+            },
+            target.unwrap_or(0),
+        ),
+        wake,
         tombstones: StoreIndex {
             store: store.clone(),
             partition,
@@ -237,29 +273,10 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
         clock,
         replicas,
         group,
-        store,
         dispatcher: Arc::clone(&dispatcher),
         metrics,
         config,
     };
-    match engine.store.fired_unacked(partition) {
-        Ok(unacked) => {
-            if !unacked.is_empty() {
-                info!(
-                    partition,
-                    timers = unacked.len(),
-                    "redelivering fired, unacknowledged timers"
-                );
-            }
-            // Whoever delivered them before may have crashed mid-way: this is a new attempt.
-            let ready = engine.core.release(unacked.into_iter().map(|r| {
-                let attempt = r.attempt + 1;
-                (r, attempt)
-            }));
-            engine.offer(ready);
-        }
-        Err(e) => warn!(partition, error = %e, "cannot read fired timers"),
-    }
     info!(partition, start_ms = start, "timer engine started");
     let result = engine.run_loop(&mut changes, &mut stop).await;
     match result {
@@ -308,8 +325,7 @@ impl Engine {
                     last = (tokio::time::Instant::now(), now);
                     self.core.refill()?;
                     self.fire_due().await?;
-                    let ready = self.core.release_held();
-                    self.offer(ready);
+                    self.load_fired()?;
                     self.in_memory
                         .store(self.core.in_memory() as u64, Ordering::Relaxed);
                     if tokio::time::Instant::now() >= self.next_sweep {
@@ -352,6 +368,7 @@ impl Engine {
                     }
                     Err(broadcast::error::RecvError::Closed) => return Err("state machine gone".into()),
                 },
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -368,9 +385,20 @@ impl Engine {
     }
 
     fn offer(&self, deliveries: Vec<Delivery>) {
+        let deliveries = self.inject_loss(deliveries);
         if !deliveries.is_empty() {
             self.dispatcher.offer(self.partition, deliveries);
         }
+    }
+
+    /// Offers what the windows of queues with a worker have room for, from the fired index.
+    fn load_fired(&mut self) -> Result<(), String> {
+        let now = self.core.now_ms();
+        for (queue, held) in self.dispatcher.demand(self.partition) {
+            let ready = self.windows.load(&queue, held, now)?;
+            self.offer(ready);
+        }
+        Ok(())
     }
 
     /// Proposes every due timer, in `(fire_at, workflow_id, timer_id)` order (G7), stamped with
@@ -403,8 +431,8 @@ impl Engine {
                             self.metrics.fire_lateness.observe(late as f64 / 1000.0);
                         }
                         self.core.put_back(not_due);
-                        let timers = self.inject_loss(timers);
-                        let ready = self.core.release(timers.into_iter().map(|r| (r, 1)));
+                        let demand = self.dispatcher.demand(self.partition);
+                        let ready = self.windows.fired(timers, &demand, self.core.now_ms());
                         self.offer(ready);
                     }
                     other => return Err(format!("unexpected fire outcome {other:?}")),
@@ -422,19 +450,19 @@ impl Engine {
 
 impl Engine {
     /// The injected fault: completes a deterministic share of fired timers undelivered.
-    fn inject_loss(&self, timers: Vec<TimerRecord>) -> Vec<TimerRecord> {
+    fn inject_loss(&self, timers: Vec<Delivery>) -> Vec<Delivery> {
         let fraction = self.config.lose_fired_fraction;
         if fraction <= 0.0 {
             return timers;
         }
-        let (lost, kept): (Vec<_>, Vec<_>) = timers.into_iter().partition(|t| {
+        let (lost, kept): (Vec<_>, Vec<_>) = timers.into_iter().partition(|(t, _)| {
             let h = hourglass_types::partition_for(
                 &format!("{}/{}", t.key.workflow_id, t.key.timer_id),
                 10_000,
             );
             f64::from(h) < fraction * 10_000.0
         });
-        for t in lost {
+        for (t, _) in lost {
             warn!(partition = self.partition, timer = ?t.key, "fault injection: losing a fired timer");
             let _ = self.acks.send(t.key);
         }

@@ -1,0 +1,445 @@
+//! Which fired timers of a partition to hold in memory for delivery, without I/O.
+//!
+//! Fired, unacknowledged timers live on disk, in the fired index (per queue, in fire order).
+//! Memory holds only a window of them per queue that has a worker on this node: at most
+//! `timers` and `bytes` (counted by the dispatcher, [`Held`]); as acks free room, the window
+//! moves on from a cursor in the index. A queue without a worker costs nothing per fired
+//! timer, however many there are. While a window has read everything there is (caught up),
+//! timers a fire just committed join it at once, without reading them back.
+//!
+//! A fired timer of a fire committed before this engine started may have been delivered by an
+//! earlier leader: it goes out as the next attempt. One fired since goes out as attempt 1.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hourglass_storage::{keys, FiredEntry};
+use hourglass_types::TimerRecord;
+
+use crate::dispatch::Held;
+
+/// Reads a partition's fired index.
+pub trait FiredIndex {
+    /// Fired timers of `queue` from the raw key `from` on, in fire order: at most `limit`,
+    /// and no more once their payloads reach `max_bytes` (at least one when any is left).
+    fn scan(
+        &self,
+        queue: &str,
+        from: &[u8],
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<FiredEntry>, String>;
+}
+
+/// A fired timer to offer for delivery, with its delivery attempt.
+pub type Delivery = (TimerRecord, u32);
+
+/// How much of one queue's fired timers a partition holds in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowConfig {
+    pub timers: usize,
+    pub bytes: usize,
+}
+
+struct Cursor {
+    /// Every fired timer of the queue below this raw key was offered.
+    next: Vec<u8>,
+    /// The last read found nothing more on disk: until something does not fit, every timer
+    /// fired from now on is offered as it fires.
+    caught_up: bool,
+}
+
+pub struct DeliveryWindows<R> {
+    partition: u32,
+    config: WindowConfig,
+    reader: R,
+    /// Fires at or below this log index were committed before this engine started.
+    started_after_seq: u64,
+    cursors: HashMap<String, Cursor>,
+}
+
+impl<R: FiredIndex> DeliveryWindows<R> {
+    /// Windows of an engine whose partition's log ended at `last_log_index` when it started.
+    pub fn new(partition: u32, config: WindowConfig, reader: R, last_log_index: u64) -> Self {
+        DeliveryWindows {
+            partition,
+            config,
+            reader,
+            started_after_seq: last_log_index,
+            cursors: HashMap::new(),
+        }
+    }
+
+    fn cursor(&mut self, queue: &str) -> &mut Cursor {
+        let partition = self.partition;
+        self.cursors
+            .entry(queue.to_owned())
+            .or_insert_with(|| Cursor {
+                next: keys::fired_queue_prefix(partition, queue),
+                caught_up: false,
+            })
+    }
+
+    fn attempt(&self, record: &TimerRecord) -> u32 {
+        if record.fire_seq.unwrap_or(0) <= self.started_after_seq {
+            record.attempt.saturating_add(1)
+        } else {
+            1
+        }
+    }
+
+    /// Room left in a window that holds `held`, as (timers, bytes); `None` when it is full.
+    fn room(&self, held: Held) -> Option<(usize, usize)> {
+        let timers = self.config.timers.saturating_sub(held.timers);
+        let bytes = self.config.bytes.saturating_sub(held.bytes);
+        (timers > 0 && bytes > 0).then_some((timers, bytes))
+    }
+
+    /// Fired timers of `queue` to offer now, read from the index after the cursor into the
+    /// room its window has left (`held` is what the dispatcher holds of it). None is offered
+    /// before it is due by `now_ms`, the engine's time.
+    pub fn load(&mut self, queue: &str, held: Held, now_ms: u64) -> Result<Vec<Delivery>, String> {
+        let Some((limit, max_bytes)) = self.room(held) else {
+            return Ok(Vec::new());
+        };
+        let cursor = self.cursor(queue);
+        if cursor.caught_up {
+            return Ok(Vec::new());
+        }
+        let from = cursor.next.clone();
+        let entries = self.reader.scan(queue, &from, limit, max_bytes)?;
+        let bytes: usize = entries
+            .iter()
+            .map(|e| e.record.definition.payload.len())
+            .sum();
+        let mut caught_up = entries.len() < limit && bytes < max_bytes;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut next = None;
+        for FiredEntry { raw, record } in entries {
+            // Everything fired is due by the partition's time, which the engine's time starts
+            // at; should that ever not hold, the timer waits on disk rather than go out early.
+            if record.fire_at_ms > now_ms {
+                caught_up = false;
+                break;
+            }
+            next = Some(raw);
+            let attempt = self.attempt(&record);
+            out.push((record, attempt));
+        }
+        let cursor = self.cursor(queue);
+        if let Some(mut raw) = next {
+            raw.push(0);
+            cursor.next = raw;
+        }
+        cursor.caught_up = caught_up;
+        Ok(out)
+    }
+
+    /// Of the timers a fire just committed, those to offer at once: the next ones of windows
+    /// that are caught up, have room and a worker (`demand` holds what the dispatcher holds of
+    /// every queue with a worker on this node). The others wait on disk for [`Self::load`].
+    pub fn fired(
+        &mut self,
+        records: Vec<TimerRecord>,
+        demand: &HashMap<String, Held>,
+        now_ms: u64,
+    ) -> Vec<Delivery> {
+        let mut by_queue: BTreeMap<String, Vec<(Vec<u8>, TimerRecord)>> = BTreeMap::new();
+        for record in records {
+            let raw = keys::fired_key_of(self.partition, &record);
+            by_queue
+                .entry(record.definition.queue.clone())
+                .or_default()
+                .push((raw, record));
+        }
+        let mut out = Vec::new();
+        for (queue, mut fired) in by_queue {
+            let Some(&held) = demand.get(&queue) else {
+                // No worker: the window is not kept up; it starts over from its cursor.
+                if let Some(cursor) = self.cursors.get_mut(&queue) {
+                    cursor.caught_up = false;
+                }
+                continue;
+            };
+            if !self.cursors.get(&queue).is_some_and(|c| c.caught_up) {
+                continue;
+            }
+            fired.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut held = held;
+            let mut next = None;
+            let mut all = true;
+            for (raw, record) in fired {
+                let fits = self.room(held).is_some() && record.fire_at_ms <= now_ms;
+                if !fits {
+                    all = false;
+                    break;
+                }
+                held.timers += 1;
+                held.bytes += record.definition.payload.len();
+                next = Some(raw);
+                let attempt = self.attempt(&record);
+                out.push((record, attempt));
+            }
+            let cursor = self.cursor(&queue);
+            if let Some(mut raw) = next {
+                raw.push(0);
+                cursor.next = raw;
+            }
+            cursor.caught_up = all;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hourglass_types::{TimerDefinition, TimerKey, TimerState};
+    use proptest::prelude::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+    use std::rc::Rc;
+
+    const P: u32 = 2;
+    const NOW: u64 = 10_000;
+
+    /// An in-memory fired index shared with the test.
+    #[derive(Clone, Default)]
+    struct Index(Rc<RefCell<BTreeMap<Vec<u8>, TimerRecord>>>);
+
+    impl Index {
+        fn fire(&self, seq: u64, id: &str, queue: &str, payload: usize) -> TimerRecord {
+            let record = TimerRecord {
+                key: TimerKey {
+                    workflow_id: "wf".into(),
+                    timer_id: id.into(),
+                },
+                definition: TimerDefinition {
+                    queue: queue.into(),
+                    fire_at_ms: Some(NOW - 1),
+                    delay_ms: None,
+                    payload: vec![1; payload],
+                },
+                fire_at_ms: NOW - 1,
+                state: TimerState::Fired,
+                created_at_ms: 0,
+                fired_at_ms: Some(NOW - 1),
+                finished_at_ms: None,
+                attempt: 1,
+                fire_seq: Some(seq),
+            };
+            self.0
+                .borrow_mut()
+                .insert(keys::fired_key_of(P, &record), record.clone());
+            record
+        }
+        fn ack(&self, record: &TimerRecord) {
+            self.0.borrow_mut().remove(&keys::fired_key_of(P, record));
+        }
+    }
+
+    impl FiredIndex for Index {
+        fn scan(
+            &self,
+            queue: &str,
+            from: &[u8],
+            limit: usize,
+            max_bytes: usize,
+        ) -> Result<Vec<FiredEntry>, String> {
+            let end = keys::fired_queue_end(P, queue);
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for (raw, record) in self.0.borrow().range(from.to_vec()..end) {
+                if out.len() >= limit || (bytes >= max_bytes && !out.is_empty()) {
+                    break;
+                }
+                bytes += record.definition.payload.len();
+                out.push(FiredEntry {
+                    raw: raw.clone(),
+                    record: record.clone(),
+                });
+            }
+            Ok(out)
+        }
+    }
+
+    fn windows(index: &Index, timers: usize, bytes: usize, started: u64) -> DeliveryWindows<Index> {
+        DeliveryWindows::new(P, WindowConfig { timers, bytes }, index.clone(), started)
+    }
+
+    fn ids(out: &[Delivery]) -> Vec<(String, u32)> {
+        out.iter()
+            .map(|(r, attempt)| (r.key.timer_id.clone(), *attempt))
+            .collect()
+    }
+
+    fn held(timers: usize, bytes: usize) -> Held {
+        Held { timers, bytes }
+    }
+
+    #[test]
+    fn a_window_reads_in_fire_order_within_its_room() {
+        let index = Index::default();
+        for (seq, id) in [(3, "c"), (1, "a"), (2, "b"), (4, "d")] {
+            index.fire(seq, id, "q", 10);
+        }
+        index.fire(1, "other", "r", 10);
+        // Fired before this engine started (seq <= 2): the next attempt.
+        let mut w = windows(&index, 2, 1_000, 2);
+        assert_eq!(
+            ids(&w.load("q", held(0, 0), NOW).unwrap()),
+            [("a".into(), 2), ("b".into(), 2)]
+        );
+        // Full: nothing more, and no read.
+        assert!(w.load("q", held(2, 20), NOW).unwrap().is_empty());
+        // One acked: one more, after the cursor.
+        assert_eq!(
+            ids(&w.load("q", held(1, 10), NOW).unwrap()),
+            [("c".into(), 1)]
+        );
+        // Bytes bound too: 15 bytes of room hold two payloads of 10 at most.
+        let mut w = windows(&index, 100, 15, 0);
+        assert_eq!(w.load("q", held(0, 0), NOW).unwrap().len(), 2);
+        assert!(w.load("q", held(0, 15), NOW).unwrap().is_empty());
+        // Queues are separate.
+        assert_eq!(
+            ids(&w.load("r", held(0, 0), NOW).unwrap()),
+            [("other".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn fires_join_a_caught_up_window_and_wait_on_disk_otherwise() {
+        let index = Index::default();
+        let mut w = windows(&index, 3, 1_000, 0);
+        let demand = |timers| HashMap::from([("q".to_owned(), held(timers, 0))]);
+        // Nothing loaded yet: not caught up, so the fire waits on disk.
+        let first = index.fire(1, "a", "q", 0);
+        assert!(w.fired(vec![first], &demand(0), NOW).is_empty());
+        assert_eq!(
+            ids(&w.load("q", held(0, 0), NOW).unwrap()),
+            [("a".into(), 1)]
+        );
+        // Caught up: fired timers go out at once, in key order, as far as the room goes.
+        let fired = vec![
+            index.fire(2, "c", "q", 0),
+            index.fire(2, "b", "q", 0),
+            index.fire(2, "d", "q", 0),
+        ];
+        assert_eq!(
+            ids(&w.fired(fired, &demand(1), NOW)),
+            [("b".into(), 1), ("c".into(), 1)]
+        );
+        // "d" did not fit: it is read from disk when room comes, and nothing is read twice.
+        assert!(w.load("q", held(3, 0), NOW).unwrap().is_empty());
+        assert_eq!(
+            ids(&w.load("q", held(2, 0), NOW).unwrap()),
+            [("d".into(), 1)]
+        );
+        assert!(w.load("q", held(0, 0), NOW).unwrap().is_empty());
+        // A queue without a worker gets nothing in memory, and its window starts over.
+        let e = index.fire(3, "e", "q", 0);
+        assert!(w.fired(vec![e], &HashMap::new(), NOW).is_empty());
+        let f = index.fire(4, "f", "q", 0);
+        assert!(w.fired(vec![f], &demand(0), NOW).is_empty());
+        assert_eq!(
+            ids(&w.load("q", held(0, 0), NOW).unwrap()),
+            [("e".into(), 1), ("f".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn nothing_goes_out_before_it_is_due() {
+        let index = Index::default();
+        index.fire(1, "a", "q", 0);
+        let mut w = windows(&index, 10, 1_000, 0);
+        assert!(w.load("q", held(0, 0), NOW - 2).unwrap().is_empty());
+        assert_eq!(w.load("q", held(0, 0), NOW - 1).unwrap().len(), 1);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A fire of these queues' timers (`true`: queue "q", else "r").
+        Fire(Vec<bool>),
+        /// The worker acks this many of what is held.
+        Ack(usize),
+        /// The engine's loop looks at the windows.
+        Load,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            prop::collection::vec(any::<bool>(), 0..6).prop_map(Step::Fire),
+            (0usize..5).prop_map(Step::Ack),
+            Just(Step::Load),
+        ]
+    }
+
+    proptest! {
+        /// Against a model of the dispatcher (what is held, in offer order): whatever the
+        /// interleaving of fires, acks and loads, a window never holds more than its bound,
+        /// nothing is offered twice, every queue's offers follow fire order, and once the
+        /// fires stop, loading drains the index completely.
+        #[test]
+        fn windows_are_bounded_ordered_and_lose_nothing(
+            steps in prop::collection::vec(step(), 1..60),
+            cap in 1usize..5,
+        ) {
+            let index = Index::default();
+            let mut w = windows(&index, cap, usize::MAX, 0);
+            let mut held_q: Vec<TimerRecord> = Vec::new();
+            let mut offered: Vec<TimerRecord> = Vec::new();
+            let mut seq = 0u64;
+            let mut n = 0;
+            let take = |out: Vec<Delivery>, held_q: &mut Vec<TimerRecord>, offered: &mut Vec<TimerRecord>| {
+                for (r, _) in out {
+                    prop_assert_eq!(r.definition.queue.as_str(), "q", "r has no worker");
+                    held_q.push(r.clone());
+                    offered.push(r);
+                }
+                Ok(())
+            };
+            // Then the fires stop and the worker keeps acking everything it is given.
+            let drain = (0..200).flat_map(|_| [Step::Ack(usize::MAX), Step::Load]);
+            for s in steps.into_iter().chain(drain) {
+                match s {
+                    Step::Fire(queues) => {
+                        seq += 1;
+                        let mut fired = Vec::new();
+                        for is_q in queues {
+                            n += 1;
+                            let queue = if is_q { "q" } else { "r" };
+                            fired.push(index.fire(seq, &format!("t{n:04}"), queue, 1));
+                        }
+                        let demand = HashMap::from([("q".to_owned(), held(held_q.len(), held_q.len()))]);
+                        let out = w.fired(fired, &demand, NOW);
+                        take(out, &mut held_q, &mut offered)?;
+                    }
+                    Step::Ack(k) => {
+                        for r in held_q.drain(..k.min(held_q.len())) {
+                            index.ack(&r);
+                        }
+                    }
+                    Step::Load => {
+                        let out = w.load("q", held(held_q.len(), held_q.len()), NOW).unwrap();
+                        take(out, &mut held_q, &mut offered)?;
+                    }
+                }
+                prop_assert!(held_q.len() <= cap, "window of {} over {}", held_q.len(), cap);
+            }
+            let keys: Vec<Vec<u8>> = offered.iter().map(|r| keys::fired_key_of(P, r)).collect();
+            let unique: BTreeSet<_> = keys.iter().collect();
+            prop_assert_eq!(unique.len(), keys.len(), "offered twice");
+            let mut sorted = keys.clone();
+            sorted.sort();
+            prop_assert_eq!(&keys, &sorted, "out of fire order");
+            let left: Vec<_> = index
+                .0
+                .borrow()
+                .values()
+                .filter(|r| r.definition.queue == "q")
+                .map(|r| r.key.timer_id.clone())
+                .collect();
+            prop_assert!(left.is_empty(), "never offered: {:?}", left);
+        }
+    }
+}
