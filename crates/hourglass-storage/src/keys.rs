@@ -51,6 +51,9 @@ pub const SM_PENDING: u8 = 3;
 pub const SM_SNAPSHOT: u8 = 4;
 /// The partition's high-water time: the latest time a `Fire` committed.
 pub const SM_HIGH_WATER: u8 = 5;
+/// A snapshot install under way (its `SnapshotRecord`): present, the partition's state may be
+/// half replaced, and opening the state machine loads the snapshot again.
+pub const SM_INSTALLING: u8 = 6;
 
 /// Keys of the `default` column family.
 pub const META_CLUSTER: &[u8] = b"cluster";

@@ -27,6 +27,8 @@ type Membership = StoredMembership<NodeId, BasicNode>;
 const SNAPSHOT_MAGIC: &[u8; 8] = b"HGSNAP02";
 const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"HGSNAP01";
 const SNAPSHOT_END: u8 = 0xFF;
+/// About how much of a snapshot one write batch of an install holds.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
 /// Record tag of the partition's high-water time (an 8-byte big-endian value, empty key).
 const SNAPSHOT_HIGH_WATER: u8 = 0xFE;
 
@@ -76,13 +78,24 @@ impl StateMachine {
         })?;
         // Half-received snapshots from before a restart are useless.
         remove_files(&dir, |name| name.starts_with("incoming-"));
-        Ok(StateMachine {
+        let sm = StateMachine {
             store,
             partition,
             dir,
             events,
             snapshot_lock: Arc::default(),
-        })
+        };
+        // An install cut short by a crash left part of the partition replaced: finish it from
+        // the snapshot file, which was complete and durable before the install began.
+        if let Some(record) = sm.meta_get::<SnapshotRecord>(keys::SM_INSTALLING)? {
+            tracing::warn!(
+                partition,
+                snapshot = %record.meta.snapshot_id,
+                "a snapshot install was interrupted; installing it again"
+            );
+            sm.load_snapshot(&record, INSTALL_BATCH_BYTES)?;
+        }
+        Ok(sm)
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(&self, tag: u8) -> Result<Option<T>> {
@@ -428,6 +441,11 @@ impl StateMachine {
     }
 
     /// Replaces this partition's state with the contents of a received snapshot file.
+    ///
+    /// The file is first checked whole and kept (fsynced) as this node's current snapshot;
+    /// then the install is recorded and the partition's state is replaced in batches of about
+    /// [`INSTALL_BATCH_BYTES`], so memory does not grow with the partition. A crash in between
+    /// leaves the record, and the next open installs the kept file again.
     fn install(
         &self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
@@ -445,12 +463,53 @@ impl StateMachine {
             move |source| Error::Io { path, source }
         };
         received.seek(SeekFrom::Start(0)).map_err(io(&final_path))?;
-        // Keep a byte-for-byte copy as our own current snapshot while parsing it.
+        // Copy while checking every record, so that a bad file changes nothing.
         let copy = std::fs::File::create(&tmp_path).map_err(io(&tmp_path))?;
         let mut tee = TeeReader {
             inner: BufReader::new(received),
             copy: BufWriter::new(copy),
         };
+        read_snapshot(&mut tee, |cf, _, v| {
+            if cf == keys::CF_TIMERS {
+                codec::decode_timer(v)?;
+            }
+            Ok(())
+        })?;
+        let mut copy = tee.copy.into_inner().map_err(|e| Error::Io {
+            path: tmp_path.clone(),
+            source: e.into_error(),
+        })?;
+        copy.flush()
+            .and_then(|_| copy.sync_all())
+            .map_err(io(&tmp_path))?;
+        std::fs::rename(&tmp_path, &final_path).map_err(io(&final_path))?;
+        sync_dir(&self.dir)?;
+        let record = SnapshotRecord {
+            meta: meta.clone(),
+            file: file_name.clone(),
+        };
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.store.db.put_cf_opt(
+            self.store.cf(keys::CF_SM_META),
+            keys::tagged(self.partition, keys::SM_INSTALLING),
+            codec::encode(&record),
+            &wo,
+        )?;
+        self.load_snapshot(&record, INSTALL_BATCH_BYTES)?;
+        remove_files(&self.dir, |name| name != file_name);
+        Ok(())
+    }
+
+    /// Replaces the partition's state with the kept snapshot file of `record`, in batches of
+    /// about `batch_bytes`; the last batch, synced, records the snapshot as applied and the
+    /// install as done. Returns how many batches were written.
+    fn load_snapshot(&self, record: &SnapshotRecord, batch_bytes: usize) -> Result<usize> {
+        let path = self.dir.join(&record.file);
+        let file = std::fs::File::open(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
         let p = self.partition;
         let mut batch = WriteBatch::default();
         for cf in keys::SNAPSHOT_CFS {
@@ -461,7 +520,8 @@ impl StateMachine {
             );
         }
         let mut pending = 0u64;
-        let high_water = read_snapshot(&mut tee, |cf, k, v| {
+        let mut batches = 0;
+        let high_water = read_snapshot(&mut BufReader::new(file), |cf, k, v| {
             match cf {
                 // The fired index is derived from the timers, whatever layout the sender's
                 // was (older builds sent theirs).
@@ -480,34 +540,31 @@ impl StateMachine {
                 _ => {}
             }
             batch.put_cf(self.store.cf(cf), k, v);
+            if batch.size_in_bytes() >= batch_bytes {
+                // Not synced: the last batch's synced write covers the WAL before it.
+                self.store.db.write(std::mem::take(&mut batch))?;
+                batches += 1;
+            }
             Ok(())
         })?;
-        let mut copy = tee.copy.into_inner().map_err(|e| Error::Io {
-            path: tmp_path.clone(),
-            source: e.into_error(),
-        })?;
-        copy.flush()
-            .and_then(|_| copy.sync_all())
-            .map_err(io(&tmp_path))?;
-        std::fs::rename(&tmp_path, &final_path).map_err(io(&final_path))?;
-        sync_dir(&self.dir)?;
         self.meta_put(&mut batch, keys::SM_PENDING, &pending);
         self.meta_put(&mut batch, keys::SM_HIGH_WATER, &high_water);
-        self.meta_put(&mut batch, keys::SM_LAST_APPLIED, &meta.last_log_id);
-        self.meta_put(&mut batch, keys::SM_MEMBERSHIP, &meta.last_membership);
+        self.meta_put(&mut batch, keys::SM_LAST_APPLIED, &record.meta.last_log_id);
         self.meta_put(
             &mut batch,
-            keys::SM_SNAPSHOT,
-            &SnapshotRecord {
-                meta: meta.clone(),
-                file: file_name.clone(),
-            },
+            keys::SM_MEMBERSHIP,
+            &record.meta.last_membership,
+        );
+        self.meta_put(&mut batch, keys::SM_SNAPSHOT, record);
+        batch.delete_cf(
+            self.store.cf(keys::CF_SM_META),
+            keys::tagged(p, keys::SM_INSTALLING),
         );
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.store.db.write_opt(batch, &wo)?;
-        remove_files(&self.dir, |name| name != file_name);
-        Ok(())
+        tracing::info!(partition = p, snapshot = %record.meta.snapshot_id, batches = batches + 1, "snapshot installed");
+        Ok(batches + 1)
     }
 }
 
@@ -819,5 +876,168 @@ fn remove_files(dir: &Path, pred: impl Fn(&str) -> bool) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hourglass_types::TimerDefinition;
+    use openraft::CommittedLeaderId;
+
+    const P: u32 = 1;
+
+    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn key(id: u64) -> TimerKey {
+        TimerKey {
+            workflow_id: "w".into(),
+            timer_id: format!("{id:04}"),
+        }
+    }
+
+    /// A partition of 300 timers with 1 KiB payloads, 100 of them fired; its snapshot.
+    async fn source() -> (tempfile::TempDir, Snapshot<TypeConfig>) {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = store
+            .state_machine(P, tokio::sync::broadcast::channel(16).0)
+            .unwrap();
+        let schedule = Command::ScheduleMany {
+            timers: (0..300)
+                .map(|i| {
+                    let definition = TimerDefinition {
+                        queue: "q".into(),
+                        fire_at_ms: Some(1_000 + i),
+                        delay_ms: None,
+                        payload: vec![7; 1024],
+                    };
+                    (key(i), definition)
+                })
+                .collect(),
+            received_at_ms: 0,
+        };
+        let fire = Command::Fire {
+            timers: (0..100).map(key).collect(),
+            fired_at_ms: 5_000,
+        };
+        sm.apply([entry(1, schedule), entry(2, fire)])
+            .await
+            .unwrap();
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        (dir, snap)
+    }
+
+    /// The receiver's copy of `snap`, kept as an install would keep it; its record.
+    async fn receive(sm: &StateMachine, snap: Snapshot<TypeConfig>) -> SnapshotRecord {
+        let file = format!("{}.snap", snap.meta.snapshot_id);
+        let mut source = snap.snapshot;
+        let mut kept = tokio::fs::File::create(sm.dir.join(&file)).await.unwrap();
+        tokio::io::copy(&mut source, &mut kept).await.unwrap();
+        SnapshotRecord {
+            meta: snap.meta,
+            file,
+        }
+    }
+
+    fn assert_whole(store: &Store) {
+        assert_eq!(store.partition_state(P).unwrap().pending, 200);
+        assert_eq!(store.partition_state(P).unwrap().high_water_ms, 5_000);
+        for i in [0, 99, 100, 299] {
+            let record = store.get_timer(P, &key(i)).unwrap().unwrap();
+            assert_eq!(record.definition.payload.len(), 1024);
+        }
+        let fired = store
+            .scan_fired(
+                P,
+                "q",
+                &keys::fired_queue_prefix(P, "q"),
+                usize::MAX,
+                usize::MAX,
+            )
+            .unwrap();
+        assert_eq!(fired.len(), 100);
+        assert!(store.get_timer(P, &key(1_000)).unwrap().is_none(), "stale");
+    }
+
+    /// An install writes the partition in batches of about the given size, not in one.
+    #[tokio::test]
+    async fn a_snapshot_is_installed_in_bounded_batches() {
+        let (_source, snap) = source().await;
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let sm = store
+            .state_machine(P, tokio::sync::broadcast::channel(16).0)
+            .unwrap();
+        let record = receive(&sm, snap).await;
+        // About 330 KiB of records in batches of about 64 KiB.
+        let batches = sm.load_snapshot(&record, 64 << 10).unwrap();
+        assert!((5..=7).contains(&batches), "{batches} batches");
+        assert_whole(&store);
+        assert!(sm
+            .meta_get::<SnapshotRecord>(keys::SM_INSTALLING)
+            .unwrap()
+            .is_none());
+    }
+
+    /// A crash in the middle of an install (the install recorded, the partition half
+    /// replaced) is repaired when the state machine opens: it installs the kept file again.
+    #[tokio::test]
+    async fn an_interrupted_install_is_finished_on_open() {
+        let (_source, snap) = source().await;
+        let dir = tempfile::TempDir::new().unwrap();
+        let last = snap.meta.last_log_id;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let sm = store
+                .state_machine(P, tokio::sync::broadcast::channel(16).0)
+                .unwrap();
+            let record = receive(&sm, snap).await;
+            let stale = TimerRecord {
+                key: key(1_000),
+                definition: TimerDefinition {
+                    queue: "q".into(),
+                    fire_at_ms: Some(1),
+                    delay_ms: None,
+                    payload: vec![],
+                },
+                fire_at_ms: 1,
+                state: TimerState::Scheduled,
+                created_at_ms: 0,
+                fired_at_ms: None,
+                finished_at_ms: None,
+                attempt: 0,
+                fire_seq: None,
+            };
+            let mut batch = WriteBatch::default();
+            batch.put_cf(
+                store.cf(keys::CF_TIMERS),
+                keys::timer_key(P, &stale.key),
+                codec::encode_timer(&stale),
+            );
+            sm.meta_put(&mut batch, keys::SM_INSTALLING, &record);
+            store.db.write(batch).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = store
+            .state_machine(P, tokio::sync::broadcast::channel(16).0)
+            .unwrap();
+        assert_whole(&store);
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, last);
+        assert!(sm
+            .meta_get::<SnapshotRecord>(keys::SM_INSTALLING)
+            .unwrap()
+            .is_none());
     }
 }
