@@ -318,21 +318,33 @@ async fn health_reflection_and_rich_errors() -> Result<()> {
         .await?
         .timer
         .context("scheduled timer")?;
-    let leader = cluster.leader_of(timer.partition).await?;
-    let follower = cluster
-        .nodes
-        .iter()
-        .find(|n| n.id != leader)
-        .context("a follower")?;
-    let mut get = tonic::Request::new(v1::GetRequest {
-        workflow_id: "order-42".into(),
-        timer_id: "wake".into(),
-    });
-    get.metadata_mut().insert("x-hourglass-hops", "2".parse()?);
-    let status = TimersClient::new(channel(&follower.addr).await?)
-        .get(get)
-        .await
-        .expect_err("a follower may not forward a request that used up its hops");
+    // On a loaded machine leadership can move between the lookup and the call: ask again
+    // until the answer names the leader looked up.
+    let mut attempts = 0;
+    let (leader, follower, status) = loop {
+        attempts += 1;
+        let leader = cluster.leader_of(timer.partition).await?;
+        let follower = cluster
+            .nodes
+            .iter()
+            .find(|n| n.id != leader)
+            .context("a follower")?;
+        let mut get = tonic::Request::new(v1::GetRequest {
+            workflow_id: "order-42".into(),
+            timer_id: "wake".into(),
+        });
+        get.metadata_mut().insert("x-hourglass-hops", "2".parse()?);
+        let status = TimersClient::new(channel(&follower.addr).await?)
+            .get(get)
+            .await
+            .expect_err("a follower may not forward a request that used up its hops");
+        let named = status
+            .get_details_error_info()
+            .and_then(|i| i.metadata.get("leader_id").cloned());
+        if named == Some(leader.to_string()) || attempts == 5 {
+            break (leader, follower.id, status);
+        }
+    };
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let info = status.get_details_error_info().context("ErrorInfo")?;
     assert_eq!(info.reason, "NOT_LEADER");
@@ -348,7 +360,7 @@ async fn health_reflection_and_rich_errors() -> Result<()> {
     }
     // The Rust client follows the hint from the details: given only the follower, it reads
     // the timer from the leader.
-    let via_follower = cluster.client_of(&[follower.id]);
+    let via_follower = cluster.client_of(&[follower]);
     assert_eq!(via_follower.get("order-42", "wake").await?.timer_id, "wake");
 
     // A batch item fails with the details a single Schedule would have answered.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use hourglass_proto::internal::HelloRequest;
-use hourglass_storage::{ClusterMeta, LogSyncer, Store, TimerEvents};
+use hourglass_storage::{ClusterMeta, LogStore, LogSyncer, StateMachine, Store, TimerEvents};
 use hourglass_types::{NodeId, Placement, TypeConfig};
 use openraft::{BasicNode, Raft};
 use tracing::{info, warn, Instrument};
@@ -174,7 +174,7 @@ impl Host {
             for (partition, term) in &fences {
                 // In every term up to the cluster's highest, act as if this node already voted:
                 // whatever it voted before its data was lost, it cannot vote twice.
-                let mut log = self.store.log_store(*partition, syncer.clone());
+                let mut log = LogStore::new(self.store.clone(), *partition, syncer.clone());
                 openraft::storage::RaftLogStorage::save_vote(
                     &mut log,
                     &openraft::Vote::new(*term, self.node_id),
@@ -243,8 +243,8 @@ impl Host {
                 self.node_id,
                 Arc::clone(&raft_config),
                 network,
-                self.store.log_store(partition, syncer.clone()),
-                self.store.state_machine(partition, events.clone())?,
+                LogStore::new(self.store.clone(), partition, syncer.clone()),
+                StateMachine::open(self.store.clone(), partition, events.clone())?,
             )
             .instrument(tracing::info_span!(
                 "group",

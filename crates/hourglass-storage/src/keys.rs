@@ -5,7 +5,7 @@
 //! Strings inside keys use an order-preserving, prefix-free escape (`0x00` → `0x00 0xFF`,
 //! terminated by `0x00 0x01`) so that byte order equals the order of the decoded tuple.
 
-use hourglass_types::{TimerKey, TimerRecord};
+use hourglass_types::{TimerKey, TimerRecord, TimerState};
 
 /// Raft log entries: `partition | index (u64 BE)`.
 pub const CF_RAFT_LOG: &str = "raft_log";
@@ -203,6 +203,18 @@ pub fn fired_key_of(partition: u32, record: &TimerRecord) -> Vec<u8> {
         record.fire_at_ms,
         &record.key,
     )
+}
+
+/// The index entry a timer's record has in its state: a scheduled timer in `CF_DUE`, a fired
+/// one in `CF_FIRED`, a finished one in `CF_TOMBSTONES`.
+pub fn index_entry(partition: u32, record: &TimerRecord) -> Option<(&'static str, Vec<u8>)> {
+    match record.state {
+        TimerState::Scheduled => Some((CF_DUE, due_key(partition, record.fire_at_ms, &record.key))),
+        TimerState::Fired => Some((CF_FIRED, fired_key_of(partition, record))),
+        TimerState::Completed | TimerState::Cancelled => record
+            .finished_at_ms
+            .map(|at| (CF_TOMBSTONES, tombstone_key(partition, at, &record.key))),
+    }
 }
 
 /// Decodes a `CF_FIRED` key into `(partition, queue, fire_seq, fire_at_ms, key)`.

@@ -22,7 +22,8 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub(crate) fn new(store: Store, partition: u32, syncer: LogSyncer) -> Self {
+    /// The log of one partition's group in `store`; its appends are made durable by `syncer`.
+    pub fn new(store: Store, partition: u32, syncer: LogSyncer) -> Self {
         LogStore {
             store,
             partition,

@@ -11,9 +11,6 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::log_store::LogStore;
-use crate::state_machine::{StateMachine, TimerEvents};
-use crate::syncer::LogSyncer;
 
 /// All memtables of the node together.
 const MEMTABLE_BUDGET: usize = 128 << 20;
@@ -233,16 +230,6 @@ impl Store {
             }
         }
         Ok(false)
-    }
-
-    /// The log store of one partition's group; its appends are made durable by `syncer`.
-    pub fn log_store(&self, partition: u32, syncer: LogSyncer) -> LogStore {
-        LogStore::new(self.clone(), partition, syncer)
-    }
-
-    /// The state machine of one partition's group; it reports schedule changes to `events`.
-    pub fn state_machine(&self, partition: u32, events: TimerEvents) -> Result<StateMachine> {
-        StateMachine::open(self.clone(), partition, events)
     }
 
     /// Up to `limit` due-index entries of `partition` from the raw key `from` (inclusive) with

@@ -31,8 +31,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         let dir = TempDir::new().expect("temp dir");
         let store = Store::open(dir.path()).expect("open store");
         let syncer = LogSyncer::start(&store);
-        let log = store.log_store(3, syncer);
-        let sm = store.state_machine(3, events()).expect("state machine");
+        let log = LogStore::new(store.clone(), 3, syncer);
+        let sm = StateMachine::open(store.clone(), 3, events()).expect("state machine");
         Ok((dir, log, sm))
     }
 }
@@ -94,7 +94,7 @@ fn schedule(k: TimerKey, d: TimerDefinition, now: u64) -> Command {
 async fn apply_schedule_is_idempotent_and_cancel_tombstones() {
     let dir = TempDir::new().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let mut sm = store.state_machine(5, events()).unwrap();
+    let mut sm = StateMachine::open(store.clone(), 5, events()).unwrap();
     let responses = sm
         .apply([
             entry(1, schedule(key("w", "a"), at(1_000, b"x"), 10)),
@@ -158,7 +158,7 @@ async fn apply_schedule_is_idempotent_and_cancel_tombstones() {
 async fn delay_is_anchored_at_receipt_and_repeat_is_identical() {
     let dir = TempDir::new().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let mut sm = store.state_machine(0, events()).unwrap();
+    let mut sm = StateMachine::open(store.clone(), 0, events()).unwrap();
     let d = TimerDefinition {
         queue: "q".into(),
         fire_at_ms: None,
@@ -184,7 +184,7 @@ async fn delay_is_anchored_at_receipt_and_repeat_is_identical() {
 async fn list_pages_in_timer_order() {
     let dir = TempDir::new().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let mut sm = store.state_machine(1, events()).unwrap();
+    let mut sm = StateMachine::open(store.clone(), 1, events()).unwrap();
     let entries: Vec<_> = (0..25u64)
         .map(|i| {
             entry(
@@ -218,8 +218,8 @@ async fn list_pages_in_timer_order() {
 async fn snapshot_moves_one_partition_between_nodes() {
     let a_dir = TempDir::new().unwrap();
     let a = Store::open(a_dir.path()).unwrap();
-    let mut a_sm = a.state_machine(2, events()).unwrap();
-    let mut other = a.state_machine(3, events()).unwrap();
+    let mut a_sm = StateMachine::open(a.clone(), 2, events()).unwrap();
+    let mut other = StateMachine::open(a.clone(), 3, events()).unwrap();
     a_sm.apply((1..=100u64).map(|i| entry(i, schedule(key("w", &i.to_string()), at(i, b"p"), 0))))
         .await
         .unwrap();
@@ -247,7 +247,7 @@ async fn snapshot_moves_one_partition_between_nodes() {
 
     let b_dir = TempDir::new().unwrap();
     let b = Store::open(b_dir.path()).unwrap();
-    let mut b_sm = b.state_machine(2, events()).unwrap();
+    let mut b_sm = StateMachine::open(b.clone(), 2, events()).unwrap();
     // Stale state on the receiver is replaced, not merged.
     b_sm.apply([entry(1, schedule(key("stale", "x"), at(1, b""), 0))])
         .await
@@ -277,14 +277,14 @@ async fn snapshot_moves_one_partition_between_nodes() {
 async fn a_snapshot_install_during_a_build_leaves_both_whole() {
     let a_dir = TempDir::new().unwrap();
     let a = Store::open(a_dir.path()).unwrap();
-    let mut a_sm = a.state_machine(2, events()).unwrap();
+    let mut a_sm = StateMachine::open(a.clone(), 2, events()).unwrap();
     a_sm.apply((1..=100u64).map(|i| entry(i, schedule(key("w", &i.to_string()), at(i, b"p"), 0))))
         .await
         .unwrap();
 
     let b_dir = TempDir::new().unwrap();
     let b = Store::open(b_dir.path()).unwrap();
-    let mut b_sm = b.state_machine(2, events()).unwrap();
+    let mut b_sm = StateMachine::open(b.clone(), 2, events()).unwrap();
     // Big enough that a build takes a while.
     let big = vec![7u8; 1024];
     for chunk in (1..=20_000u64).collect::<Vec<_>>().chunks(1_000) {
@@ -335,7 +335,7 @@ async fn log_survives_reopen_and_purge_bounds_it() {
     let dir = TempDir::new().unwrap();
     {
         let store = Store::open(dir.path()).unwrap();
-        let mut log = store.log_store(0, LogSyncer::start(&store));
+        let mut log = LogStore::new(store.clone(), 0, LogSyncer::start(&store));
         log.save_vote(&openraft::Vote::new(3, 1)).await.unwrap();
         // Append through the public API and wait for the flush notification via blocking_append.
         let entries: Vec<_> = (1..=10u64)
@@ -358,7 +358,7 @@ async fn log_survives_reopen_and_purge_bounds_it() {
     }
     // The syncer thread lets go of the database just after its last user is dropped.
     let store = reopen(dir.path());
-    let mut log = store.log_store(0, LogSyncer::start(&store));
+    let mut log = LogStore::new(store.clone(), 0, LogSyncer::start(&store));
     assert_eq!(
         log.read_vote().await.unwrap(),
         Some(openraft::Vote::new(3, 1))
@@ -379,7 +379,7 @@ async fn fire_moves_only_due_scheduled_timers_and_complete_tombstones() {
     let store = Store::open(dir.path()).unwrap();
     let events = events();
     let mut rx = events.subscribe();
-    let mut sm = store.state_machine(0, events.clone()).unwrap();
+    let mut sm = StateMachine::open(store.clone(), 0, events.clone()).unwrap();
     sm.apply([
         entry(1, schedule(key("w", "due"), at(100, b""), 0)),
         entry(2, schedule(key("w", "later"), at(5_000, b""), 0)),
@@ -497,7 +497,7 @@ async fn fire_moves_only_due_scheduled_timers_and_complete_tombstones() {
 async fn fired_timers_are_read_per_queue_in_fire_order() {
     let dir = TempDir::new().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let mut sm = store.state_machine(0, events()).unwrap();
+    let mut sm = StateMachine::open(store.clone(), 0, events()).unwrap();
     let in_queue = |queue: &str, fire_at_ms: u64| TimerDefinition {
         queue: queue.into(),
         ..at(fire_at_ms, &[7; 100])
@@ -567,7 +567,7 @@ async fn fired_timers_are_read_per_queue_in_fire_order() {
 async fn the_partition_time_never_goes_back() {
     let dir = TempDir::new().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let mut sm = store.state_machine(0, events()).unwrap();
+    let mut sm = StateMachine::open(store.clone(), 0, events()).unwrap();
     sm.apply([
         entry(1, schedule(key("w", "a"), at(101_000, b""), 0)),
         entry(2, schedule(key("w", "b"), at(101_500, b""), 0)),
@@ -609,7 +609,7 @@ async fn the_partition_time_never_goes_back() {
 async fn due_scan_is_ordered_bounded_and_resumable() {
     let dir = TempDir::new().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let mut sm = store.state_machine(4, events()).unwrap();
+    let mut sm = StateMachine::open(store.clone(), 4, events()).unwrap();
     let mut entries = Vec::new();
     for (i, (t, w)) in [
         (300, "b"),
@@ -645,7 +645,7 @@ async fn due_scan_is_ordered_bounded_and_resumable() {
 async fn tombstones_expire_after_retention_and_free_the_name() {
     let dir = TempDir::new().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let mut sm = store.state_machine(0, events()).unwrap();
+    let mut sm = StateMachine::open(store.clone(), 0, events()).unwrap();
     sm.apply([
         entry(1, schedule(key("w", "old"), at(10, b""), 0)),
         entry(
@@ -714,7 +714,7 @@ async fn one_fsync_covers_appends_of_many_groups() {
     let syncer = LogSyncer::start(&store);
     let mut tasks = Vec::new();
     for partition in 0..16u32 {
-        let mut log = store.log_store(partition, syncer.clone());
+        let mut log = LogStore::new(store.clone(), partition, syncer.clone());
         tasks.push(tokio::spawn(async move {
             for i in 1..=20u64 {
                 let e = entry(
@@ -738,7 +738,7 @@ async fn one_fsync_covers_appends_of_many_groups() {
     // Sixteen groups appending at once share fsyncs; one each would be 320.
     assert!(syncs < appends / 2, "{syncs} fsyncs for {appends} appends");
     // Each group's entries are all there after the flush notifications.
-    let mut log = store.log_store(7, syncer.clone());
+    let mut log = LogStore::new(store.clone(), 7, syncer.clone());
     let entries = openraft::RaftLogReader::try_get_log_entries(&mut log, 0..100)
         .await
         .unwrap();

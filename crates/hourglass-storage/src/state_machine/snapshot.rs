@@ -1,434 +1,41 @@
-use std::collections::HashMap;
+//! A partition's snapshots: the file format, building one from a RocksDB snapshot, and
+//! installing a received one in bounded batches, resumable after a crash.
+
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hourglass_types::{
-    Command, CommandResponse, NodeId, TimerKey, TimerRecord, TimerState, TypeConfig,
-};
-use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
-use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError,
-    StorageIOError, StoredMembership,
-};
+use hourglass_types::{NodeId, TimerState, TypeConfig};
+use openraft::storage::{Snapshot, SnapshotMeta};
+use openraft::{BasicNode, LogId, RaftSnapshotBuilder, StorageIOError};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
+use super::{Membership, StateMachine, StorageResult};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::store::Store;
-
-type StorageResult<T> = Result<T, StorageError<NodeId>>;
-type Membership = StoredMembership<NodeId, BasicNode>;
 
 /// Version 2 adds the partition's high-water time; version 1 files (without it) still load.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"HGSNAP02";
 const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"HGSNAP01";
 const SNAPSHOT_END: u8 = 0xFF;
 /// About how much of a snapshot one write batch of an install holds.
-const INSTALL_BATCH_BYTES: usize = 4 << 20;
+pub(super) const INSTALL_BATCH_BYTES: usize = 4 << 20;
 /// Record tag of the partition's high-water time (an 8-byte big-endian value, empty key).
 const SNAPSHOT_HIGH_WATER: u8 = 0xFE;
 
 /// The current snapshot of a partition, as recorded in `CF_SM_META`.
 #[derive(Serialize, Deserialize)]
-struct SnapshotRecord {
-    meta: SnapshotMeta<NodeId, BasicNode>,
-    file: String,
-}
-
-/// What applying commands changed in a partition's schedule, for the timer engine of its
-/// leader. Sent after the change is written; nobody listening is normal (followers).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TimerEvent {
-    Scheduled {
-        key: TimerKey,
-        fire_at_ms: u64,
-    },
-    /// Cancelled or fired: no longer due.
-    Unscheduled {
-        key: TimerKey,
-        fire_at_ms: u64,
-    },
-    /// The partition's whole state was replaced by a snapshot.
-    Reset,
-}
-
-pub type TimerEvents = tokio::sync::broadcast::Sender<TimerEvent>;
-
-/// The timer state machine of one partition on this node.
-pub struct StateMachine {
-    store: Store,
-    partition: u32,
-    dir: PathBuf,
-    events: TimerEvents,
-    /// One snapshot build or install of this partition at a time: both write and prune the
-    /// same directory, and an install would delete a build's file before its rename.
-    snapshot_lock: Arc<Mutex<()>>,
+pub(super) struct SnapshotRecord {
+    pub(super) meta: SnapshotMeta<NodeId, BasicNode>,
+    pub(super) file: String,
 }
 
 impl StateMachine {
-    pub(crate) fn open(store: Store, partition: u32, events: TimerEvents) -> Result<Self> {
-        let dir = store.snapshot_dir(partition);
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        // Half-received snapshots from before a restart are useless.
-        remove_files(&dir, |name| name.starts_with("incoming-"));
-        let sm = StateMachine {
-            store,
-            partition,
-            dir,
-            events,
-            snapshot_lock: Arc::default(),
-        };
-        // An install cut short by a crash left part of the partition replaced: finish it from
-        // the snapshot file, which was complete and durable before the install began.
-        if let Some(record) = sm.meta_get::<SnapshotRecord>(keys::SM_INSTALLING)? {
-            tracing::warn!(
-                partition,
-                snapshot = %record.meta.snapshot_id,
-                "a snapshot install was interrupted; installing it again"
-            );
-            sm.load_snapshot(&record, INSTALL_BATCH_BYTES)?;
-        }
-        Ok(sm)
-    }
-
-    fn meta_get<T: serde::de::DeserializeOwned>(&self, tag: u8) -> Result<Option<T>> {
-        self.store
-            .db
-            .get_cf(
-                self.store.cf(keys::CF_SM_META),
-                keys::tagged(self.partition, tag),
-            )?
-            .map(|v| codec::decode("state machine metadata", &v))
-            .transpose()
-    }
-
-    fn meta_put<T: Serialize>(&self, batch: &mut WriteBatch, tag: u8, value: &T) {
-        batch.put_cf(
-            self.store.cf(keys::CF_SM_META),
-            keys::tagged(self.partition, tag),
-            codec::encode(value),
-        );
-    }
-
-    /// Applies `command`, the entry at log index `index`.
-    fn apply_command(
-        &self,
-        batch: &mut WriteBatch,
-        events: &mut Vec<TimerEvent>,
-        index: u64,
-        command: Command,
-    ) -> Result<CommandResponse> {
-        let p = self.partition;
-        let timers_cf = self.store.cf(keys::CF_TIMERS);
-        match command {
-            Command::Schedule {
-                key,
-                definition,
-                received_at_ms,
-            } => {
-                let mut pending = 0;
-                let response = self.schedule_one(
-                    batch,
-                    events,
-                    &mut HashMap::new(),
-                    &mut pending,
-                    key,
-                    definition,
-                    received_at_ms,
-                )?;
-                self.add_pending(batch, pending)?;
-                Ok(response)
-            }
-            Command::ScheduleMany {
-                timers,
-                received_at_ms,
-            } => {
-                // Later items see earlier ones of the same command, which are not yet in
-                // RocksDB: a repeat inside one batch behaves like a repeat across batches.
-                let mut created = HashMap::new();
-                let mut pending = 0;
-                let mut responses = Vec::with_capacity(timers.len());
-                for (key, definition) in timers {
-                    responses.push(self.schedule_one(
-                        batch,
-                        events,
-                        &mut created,
-                        &mut pending,
-                        key,
-                        definition,
-                        received_at_ms,
-                    )?);
-                }
-                self.add_pending(batch, pending)?;
-                Ok(CommandResponse::Many(responses))
-            }
-            Command::Cancel {
-                key,
-                received_at_ms,
-            } => {
-                let Some(mut record) = self.store.get_timer(p, &key)? else {
-                    return Ok(CommandResponse::NotFound);
-                };
-                match record.state {
-                    TimerState::Scheduled => {
-                        record.state = TimerState::Cancelled;
-                        record.finished_at_ms = Some(received_at_ms);
-                        batch.put_cf(
-                            timers_cf,
-                            keys::timer_key(p, &key),
-                            codec::encode_timer(&record),
-                        );
-                        batch.delete_cf(
-                            self.store.cf(keys::CF_DUE),
-                            keys::due_key(p, record.fire_at_ms, &key),
-                        );
-                        batch.put_cf(
-                            self.store.cf(keys::CF_TOMBSTONES),
-                            keys::tombstone_key(p, received_at_ms, &key),
-                            [],
-                        );
-                        self.add_pending(batch, -1)?;
-                        events.push(TimerEvent::Unscheduled {
-                            key,
-                            fire_at_ms: record.fire_at_ms,
-                        });
-                        Ok(CommandResponse::Cancelled { timer: record })
-                    }
-                    TimerState::Cancelled => Ok(CommandResponse::Cancelled { timer: record }),
-                    TimerState::Fired | TimerState::Completed => {
-                        Ok(CommandResponse::AlreadyFired { timer: record })
-                    }
-                }
-            }
-            Command::Fire {
-                mut timers,
-                fired_at_ms,
-            } => {
-                dedup_keep_order(&mut timers);
-                // The partition's time never goes back, whatever the proposer's clock says, and
-                // everything fired carries a time at or after its own due instant.
-                let high_water = self.store.partition_state(p)?.high_water_ms;
-                let now = fired_at_ms.max(high_water);
-                if now > high_water {
-                    self.meta_put(batch, keys::SM_HIGH_WATER, &now);
-                }
-                let mut fired = Vec::new();
-                let mut not_due = Vec::new();
-                for key in timers {
-                    let Some(mut record) = self.store.get_timer(p, &key)? else {
-                        continue;
-                    };
-                    if record.state != TimerState::Scheduled {
-                        continue;
-                    }
-                    if record.fire_at_ms > now {
-                        not_due.push((key, record.fire_at_ms));
-                        continue;
-                    }
-                    record.state = TimerState::Fired;
-                    record.fired_at_ms = Some(now);
-                    record.attempt = 1;
-                    record.fire_seq = Some(index);
-                    batch.put_cf(
-                        timers_cf,
-                        keys::timer_key(p, &key),
-                        codec::encode_timer(&record),
-                    );
-                    batch.delete_cf(
-                        self.store.cf(keys::CF_DUE),
-                        keys::due_key(p, record.fire_at_ms, &key),
-                    );
-                    batch.put_cf(
-                        self.store.cf(keys::CF_FIRED),
-                        keys::fired_key_of(p, &record),
-                        [],
-                    );
-                    events.push(TimerEvent::Unscheduled {
-                        key,
-                        fire_at_ms: record.fire_at_ms,
-                    });
-                    fired.push(record);
-                }
-                self.add_pending(batch, -(fired.len() as i64))?;
-                Ok(CommandResponse::Fired {
-                    timers: fired,
-                    not_due,
-                })
-            }
-            Command::Complete {
-                timers: mut keys_done,
-                completed_at_ms,
-            } => {
-                dedup_keep_order(&mut keys_done);
-                let mut count = 0;
-                for key in keys_done {
-                    let Some(mut record) = self.store.get_timer(p, &key)? else {
-                        continue;
-                    };
-                    if record.state != TimerState::Fired {
-                        continue;
-                    }
-                    record.state = TimerState::Completed;
-                    record.finished_at_ms = Some(completed_at_ms);
-                    batch.put_cf(
-                        timers_cf,
-                        keys::timer_key(p, &key),
-                        codec::encode_timer(&record),
-                    );
-                    batch.delete_cf(
-                        self.store.cf(keys::CF_FIRED),
-                        keys::fired_key_of(p, &record),
-                    );
-                    batch.put_cf(
-                        self.store.cf(keys::CF_TOMBSTONES),
-                        keys::tombstone_key(p, completed_at_ms, &key),
-                        [],
-                    );
-                    count += 1;
-                }
-                Ok(CommandResponse::Completed { count })
-            }
-            Command::Expire {
-                mut timers,
-                before_ms,
-            } => {
-                dedup_keep_order(&mut timers);
-                let mut count = 0;
-                for key in timers {
-                    let Some(record) = self.store.get_timer(p, &key)? else {
-                        continue;
-                    };
-                    let Some(finished) =
-                        record.finished_at_ms.filter(|_| record.state.is_terminal())
-                    else {
-                        continue;
-                    };
-                    if finished >= before_ms {
-                        continue;
-                    }
-                    batch.delete_cf(timers_cf, keys::timer_key(p, &key));
-                    batch.delete_cf(
-                        self.store.cf(keys::CF_TOMBSTONES),
-                        keys::tombstone_key(p, finished, &key),
-                    );
-                    count += 1;
-                }
-                Ok(CommandResponse::Expired { count })
-            }
-        }
-    }
-
-    /// Applies one schedule; `created` holds the timers created earlier in the same command.
-    #[allow(clippy::too_many_arguments)]
-    fn schedule_one(
-        &self,
-        batch: &mut WriteBatch,
-        events: &mut Vec<TimerEvent>,
-        created: &mut HashMap<TimerKey, TimerRecord>,
-        pending: &mut i64,
-        key: TimerKey,
-        definition: hourglass_types::TimerDefinition,
-        received_at_ms: u64,
-    ) -> Result<CommandResponse> {
-        let p = self.partition;
-        let existing = match created.get(&key) {
-            Some(r) => Some(r.clone()),
-            None => self.store.get_timer(p, &key)?,
-        };
-        if let Some(existing) = existing {
-            return Ok(if existing.definition == definition {
-                CommandResponse::Scheduled {
-                    timer: existing,
-                    created: false,
-                }
-            } else {
-                CommandResponse::AlreadyExists { existing }
-            });
-        }
-        let record = TimerRecord {
-            fire_at_ms: definition.resolve_fire_at(received_at_ms),
-            key,
-            definition,
-            state: TimerState::Scheduled,
-            created_at_ms: received_at_ms,
-            fired_at_ms: None,
-            finished_at_ms: None,
-            attempt: 0,
-            fire_seq: None,
-        };
-        batch.put_cf(
-            self.store.cf(keys::CF_TIMERS),
-            keys::timer_key(p, &record.key),
-            codec::encode_timer(&record),
-        );
-        batch.put_cf(
-            self.store.cf(keys::CF_DUE),
-            keys::due_key(p, record.fire_at_ms, &record.key),
-            [],
-        );
-        *pending += 1;
-        events.push(TimerEvent::Scheduled {
-            key: record.key.clone(),
-            fire_at_ms: record.fire_at_ms,
-        });
-        created.insert(record.key.clone(), record.clone());
-        Ok(CommandResponse::Scheduled {
-            timer: record,
-            created: true,
-        })
-    }
-
-    fn add_pending(&self, batch: &mut WriteBatch, delta: i64) -> Result<()> {
-        if delta == 0 {
-            return Ok(());
-        }
-        let pending = self.store.partition_state(self.partition)?.pending;
-        let next = pending.checked_add_signed(delta).ok_or_else(|| {
-            Error::corrupt(
-                "pending count",
-                format!("{pending} cannot change by {delta}"),
-            )
-        })?;
-        self.meta_put(batch, keys::SM_PENDING, &next);
-        Ok(())
-    }
-
-    fn apply_entry(&self, entry: Entry<TypeConfig>) -> Result<CommandResponse> {
-        let mut batch = WriteBatch::default();
-        let mut events = Vec::new();
-        let response = match entry.payload {
-            EntryPayload::Blank => CommandResponse::None,
-            EntryPayload::Normal(command) => {
-                self.apply_command(&mut batch, &mut events, entry.log_id.index, command)?
-            }
-            EntryPayload::Membership(m) => {
-                self.meta_put(
-                    &mut batch,
-                    keys::SM_MEMBERSHIP,
-                    &Membership::new(Some(entry.log_id), m),
-                );
-                CommandResponse::None
-            }
-        };
-        self.meta_put(&mut batch, keys::SM_LAST_APPLIED, &Some(entry.log_id));
-        // Not synced: the WAL is shared with the log, whose next synced append covers this
-        // write, and anything lost is re-applied from the log on restart.
-        self.store.db.write(batch)?;
-        for event in events {
-            // No receiver is normal: only a leader runs a timer engine.
-            let _ = self.events.send(event);
-        }
-        Ok(response)
-    }
-
-    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>> {
+    pub(super) fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>> {
         let Some(record) = self.meta_get::<SnapshotRecord>(keys::SM_SNAPSHOT)? else {
             return Ok(None);
         };
@@ -446,7 +53,7 @@ impl StateMachine {
     /// then the install is recorded and the partition's state is replaced in batches of about
     /// [`INSTALL_BATCH_BYTES`], so memory does not grow with the partition. A crash in between
     /// leaves the record, and the next open installs the kept file again.
-    fn install(
+    pub(super) fn install(
         &self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
         mut received: std::fs::File,
@@ -504,7 +111,11 @@ impl StateMachine {
     /// Replaces the partition's state with the kept snapshot file of `record`, in batches of
     /// about `batch_bytes`; the last batch, synced, records the snapshot as applied and the
     /// install as done. Returns how many batches were written.
-    fn load_snapshot(&self, record: &SnapshotRecord, batch_bytes: usize) -> Result<usize> {
+    pub(super) fn load_snapshot(
+        &self,
+        record: &SnapshotRecord,
+        batch_bytes: usize,
+    ) -> Result<usize> {
         let path = self.dir.join(&record.file);
         let file = std::fs::File::open(&path).map_err(|source| Error::Io {
             path: path.clone(),
@@ -568,92 +179,12 @@ impl StateMachine {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = SnapshotBuilder;
-
-    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
-        let read = |e: Error| StorageIOError::read_state_machine(&e);
-        let applied = self
-            .meta_get::<Option<LogId<NodeId>>>(keys::SM_LAST_APPLIED)
-            .map_err(read)?;
-        let membership = self
-            .meta_get::<Membership>(keys::SM_MEMBERSHIP)
-            .map_err(read)?;
-        Ok((applied.flatten(), membership.unwrap_or_default()))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandResponse>>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let mut out = Vec::new();
-        for entry in entries {
-            let log_id = entry.log_id;
-            out.push(
-                self.apply_entry(entry)
-                    .map_err(|e| StorageIOError::apply(log_id, &e))?,
-            );
-        }
-        Ok(out)
-    }
-
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder {
-            store: self.store.clone(),
-            partition: self.partition,
-            dir: self.dir.clone(),
-            snapshot_lock: Arc::clone(&self.snapshot_lock),
-        }
-    }
-
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
-        let path = self.dir.join(format!("incoming-{}.snap", unique_suffix()));
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        Ok(Box::new(file))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<tokio::fs::File>,
-    ) -> StorageResult<()> {
-        let file = snapshot.into_std().await;
-        let err = |e: Error| StorageIOError::write_snapshot(Some(meta.signature()), &e);
-        let sm = StateMachine {
-            store: self.store.clone(),
-            partition: self.partition,
-            dir: self.dir.clone(),
-            events: self.events.clone(),
-            snapshot_lock: Arc::clone(&self.snapshot_lock),
-        };
-        let meta_owned = meta.clone();
-        tokio::task::spawn_blocking(move || sm.install(&meta_owned, file))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?
-            .map_err(err)?;
-        let _ = self.events.send(TimerEvent::Reset);
-        Ok(())
-    }
-
-    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        self.current_snapshot()
-            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
-    }
-}
-
 /// Builds a snapshot of one partition from a RocksDB snapshot, so applies may go on meanwhile.
 pub struct SnapshotBuilder {
-    store: Store,
-    partition: u32,
-    dir: PathBuf,
-    snapshot_lock: Arc<Mutex<()>>,
+    pub(super) store: Store,
+    pub(super) partition: u32,
+    pub(super) dir: PathBuf,
+    pub(super) snapshot_lock: Arc<Mutex<()>>,
 }
 
 impl SnapshotBuilder {
@@ -770,12 +301,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Removes repeated keys, keeping the first occurrence, so one command touches a key once.
-fn dedup_keep_order(keys: &mut Vec<TimerKey>) {
-    let mut seen = std::collections::HashSet::new();
-    keys.retain(|k| seen.insert(k.clone()));
-}
-
 fn write_record(out: &mut impl Write, cf: u8, k: &[u8], v: &[u8]) -> std::io::Result<()> {
     out.write_all(&[cf])?;
     out.write_all(&(k.len() as u32).to_be_bytes())?;
@@ -847,7 +372,7 @@ impl<R: Read, W: Write> Read for TeeReader<R, W> {
     }
 }
 
-fn unique_suffix() -> u128 {
+pub(super) fn unique_suffix() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -864,7 +389,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
         })
 }
 
-fn remove_files(dir: &Path, pred: impl Fn(&str) -> bool) {
+pub(super) fn remove_files(dir: &Path, pred: impl Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -882,8 +407,10 @@ fn remove_files(dir: &Path, pred: impl Fn(&str) -> bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hourglass_types::TimerDefinition;
+    use hourglass_types::{Command, TimerDefinition, TimerKey, TimerRecord};
+    use openraft::storage::RaftStateMachine;
     use openraft::CommittedLeaderId;
+    use openraft::{Entry, EntryPayload};
 
     const P: u32 = 1;
 
@@ -905,9 +432,8 @@ mod tests {
     async fn source() -> (tempfile::TempDir, Snapshot<TypeConfig>) {
         let dir = tempfile::TempDir::new().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut sm = store
-            .state_machine(P, tokio::sync::broadcast::channel(16).0)
-            .unwrap();
+        let mut sm =
+            StateMachine::open(store.clone(), P, tokio::sync::broadcast::channel(16).0).unwrap();
         let schedule = Command::ScheduleMany {
             timers: (0..300)
                 .map(|i| {
@@ -976,9 +502,8 @@ mod tests {
         let (_source, snap) = source().await;
         let dir = tempfile::TempDir::new().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let sm = store
-            .state_machine(P, tokio::sync::broadcast::channel(16).0)
-            .unwrap();
+        let sm =
+            StateMachine::open(store.clone(), P, tokio::sync::broadcast::channel(16).0).unwrap();
         let record = receive(&sm, snap).await;
         // About 330 KiB of records in batches of about 64 KiB.
         let batches = sm.load_snapshot(&record, 64 << 10).unwrap();
@@ -999,8 +524,7 @@ mod tests {
         let last = snap.meta.last_log_id;
         {
             let store = Store::open(dir.path()).unwrap();
-            let sm = store
-                .state_machine(P, tokio::sync::broadcast::channel(16).0)
+            let sm = StateMachine::open(store.clone(), P, tokio::sync::broadcast::channel(16).0)
                 .unwrap();
             let record = receive(&sm, snap).await;
             let stale = TimerRecord {
@@ -1029,9 +553,8 @@ mod tests {
             store.db.write(batch).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        let mut sm = store
-            .state_machine(P, tokio::sync::broadcast::channel(16).0)
-            .unwrap();
+        let mut sm =
+            StateMachine::open(store.clone(), P, tokio::sync::broadcast::channel(16).0).unwrap();
         assert_whole(&store);
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied, last);

@@ -1,0 +1,478 @@
+//! What a command does to a partition's timers, without storage: a pure function from the
+//! timers it reads to the changes it makes and the answer it gives.
+//!
+//! A change is a timer's record before and after the command. Everything else follows from
+//! the records and is written by the caller: each record's place in the indexes (a scheduled
+//! timer in the due index, a fired one in the fired index, a finished one among the
+//! tombstones), the count of scheduled timers, and the events for the leader's engine.
+
+use std::collections::HashMap;
+
+use hourglass_types::{
+    Command, CommandResponse, TimerDefinition, TimerKey, TimerRecord, TimerState,
+};
+
+/// The partition state a command reads.
+pub(crate) trait PartitionView {
+    type Error;
+    fn timer(&self, key: &TimerKey) -> Result<Option<TimerRecord>, Self::Error>;
+    /// The latest time a `Fire` committed; the partition's time never goes below it.
+    fn high_water_ms(&self) -> Result<u64, Self::Error>;
+}
+
+/// One timer's record before and after a command (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub key: TimerKey,
+    pub before: Option<TimerRecord>,
+    pub after: Option<TimerRecord>,
+}
+
+/// What applying a command does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Effects {
+    /// At most one per timer, in the order the command touched them.
+    pub changes: Vec<Change>,
+    /// The partition's new high-water time, when it moves.
+    pub high_water_ms: Option<u64>,
+    pub response: CommandResponse,
+}
+
+/// Applies `command`, the log entry at `index`, to the partition `view` shows.
+pub(crate) fn apply<V: PartitionView>(
+    view: &V,
+    index: u64,
+    command: Command,
+) -> Result<Effects, V::Error> {
+    let mut changes = Changes::new(view);
+    let mut high_water_ms = None;
+    let response = match command {
+        Command::Schedule {
+            key,
+            definition,
+            received_at_ms,
+        } => schedule(&mut changes, key, definition, received_at_ms)?,
+        Command::ScheduleMany {
+            timers,
+            received_at_ms,
+        } => {
+            // Later items see earlier ones of the same command: a repeat inside one batch
+            // behaves like a repeat across batches.
+            let mut responses = Vec::with_capacity(timers.len());
+            for (key, definition) in timers {
+                responses.push(schedule(&mut changes, key, definition, received_at_ms)?);
+            }
+            CommandResponse::Many(responses)
+        }
+        Command::Cancel {
+            key,
+            received_at_ms,
+        } => match changes.get(&key)? {
+            None => CommandResponse::NotFound,
+            Some(mut record) => match record.state {
+                TimerState::Scheduled => {
+                    record.state = TimerState::Cancelled;
+                    record.finished_at_ms = Some(received_at_ms);
+                    changes.set(key, Some(record.clone()));
+                    CommandResponse::Cancelled { timer: record }
+                }
+                TimerState::Cancelled => CommandResponse::Cancelled { timer: record },
+                TimerState::Fired | TimerState::Completed => {
+                    CommandResponse::AlreadyFired { timer: record }
+                }
+            },
+        },
+        Command::Fire {
+            timers,
+            fired_at_ms,
+        } => {
+            // The partition's time never goes back, whatever the proposer's clock says, and
+            // everything fired carries a time at or after its own due instant.
+            let high_water = view.high_water_ms()?;
+            let now = fired_at_ms.max(high_water);
+            if now > high_water {
+                high_water_ms = Some(now);
+            }
+            let mut fired = Vec::new();
+            let mut not_due = Vec::new();
+            for key in dedup(timers) {
+                let Some(mut record) = changes.get(&key)? else {
+                    continue;
+                };
+                if record.state != TimerState::Scheduled {
+                    continue;
+                }
+                if record.fire_at_ms > now {
+                    not_due.push((key, record.fire_at_ms));
+                    continue;
+                }
+                record.state = TimerState::Fired;
+                record.fired_at_ms = Some(now);
+                record.attempt = 1;
+                record.fire_seq = Some(index);
+                changes.set(key, Some(record.clone()));
+                fired.push(record);
+            }
+            CommandResponse::Fired {
+                timers: fired,
+                not_due,
+            }
+        }
+        Command::Complete {
+            timers,
+            completed_at_ms,
+        } => {
+            let mut count = 0;
+            for key in dedup(timers) {
+                let Some(mut record) = changes.get(&key)? else {
+                    continue;
+                };
+                if record.state != TimerState::Fired {
+                    continue;
+                }
+                record.state = TimerState::Completed;
+                record.finished_at_ms = Some(completed_at_ms);
+                changes.set(key, Some(record));
+                count += 1;
+            }
+            CommandResponse::Completed { count }
+        }
+        Command::Expire { timers, before_ms } => {
+            let mut count = 0;
+            for key in dedup(timers) {
+                let Some(record) = changes.get(&key)? else {
+                    continue;
+                };
+                let finished = record.finished_at_ms.filter(|_| record.state.is_terminal());
+                if finished.is_some_and(|f| f < before_ms) {
+                    changes.set(key, None);
+                    count += 1;
+                }
+            }
+            CommandResponse::Expired { count }
+        }
+    };
+    Ok(Effects {
+        changes: changes.into_changes(),
+        high_water_ms,
+        response,
+    })
+}
+
+/// Creates a timer unless its key is taken: an identical definition is an idempotent repeat,
+/// another one is refused.
+fn schedule<V: PartitionView>(
+    changes: &mut Changes<'_, V>,
+    key: TimerKey,
+    definition: TimerDefinition,
+    received_at_ms: u64,
+) -> Result<CommandResponse, V::Error> {
+    if let Some(existing) = changes.get(&key)? {
+        return Ok(if existing.definition == definition {
+            CommandResponse::Scheduled {
+                timer: existing,
+                created: false,
+            }
+        } else {
+            CommandResponse::AlreadyExists { existing }
+        });
+    }
+    let record = TimerRecord {
+        fire_at_ms: definition.resolve_fire_at(received_at_ms),
+        key: key.clone(),
+        definition,
+        state: TimerState::Scheduled,
+        created_at_ms: received_at_ms,
+        fired_at_ms: None,
+        finished_at_ms: None,
+        attempt: 0,
+        fire_seq: None,
+    };
+    changes.set(key, Some(record.clone()));
+    Ok(CommandResponse::Scheduled {
+        timer: record,
+        created: true,
+    })
+}
+
+/// Removes repeated keys, keeping the first occurrence, so one command touches a key once.
+fn dedup(mut keys: Vec<TimerKey>) -> Vec<TimerKey> {
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
+    keys
+}
+
+/// The changes of one command so far, read through: a later step sees an earlier one's
+/// record, not the stored one.
+struct Changes<'a, V> {
+    view: &'a V,
+    /// Keys in the order they were first read.
+    order: Vec<TimerKey>,
+    /// Every key read, with its stored record and its record now.
+    by_key: HashMap<TimerKey, Change>,
+}
+
+impl<'a, V: PartitionView> Changes<'a, V> {
+    fn new(view: &'a V) -> Self {
+        Changes {
+            view,
+            order: Vec::new(),
+            by_key: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, key: &TimerKey) -> Result<Option<TimerRecord>, V::Error> {
+        if let Some(change) = self.by_key.get(key) {
+            return Ok(change.after.clone());
+        }
+        let stored = self.view.timer(key)?;
+        self.order.push(key.clone());
+        self.by_key.insert(
+            key.clone(),
+            Change {
+                key: key.clone(),
+                before: stored.clone(),
+                after: stored.clone(),
+            },
+        );
+        Ok(stored)
+    }
+
+    /// Sets the record of a key read before.
+    fn set(&mut self, key: TimerKey, after: Option<TimerRecord>) {
+        self.by_key
+            .get_mut(&key)
+            .expect("a timer is read before it is changed")
+            .after = after;
+    }
+
+    fn into_changes(mut self) -> Vec<Change> {
+        self.order
+            .iter()
+            .filter_map(|k| self.by_key.remove(k))
+            .filter(|c| c.before != c.after)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// A partition held in a map.
+    #[derive(Default)]
+    struct Partition {
+        timers: BTreeMap<TimerKey, TimerRecord>,
+        high_water_ms: u64,
+    }
+
+    impl PartitionView for Partition {
+        type Error = std::convert::Infallible;
+        fn timer(&self, key: &TimerKey) -> Result<Option<TimerRecord>, Self::Error> {
+            Ok(self.timers.get(key).cloned())
+        }
+        fn high_water_ms(&self) -> Result<u64, Self::Error> {
+            Ok(self.high_water_ms)
+        }
+    }
+
+    impl Partition {
+        /// Applies a command and keeps its effects, as the state machine writes them.
+        fn run(&mut self, index: u64, command: Command) -> Effects {
+            let effects = apply(&*self, index, command).unwrap();
+            for c in &effects.changes {
+                match &c.after {
+                    Some(r) => self.timers.insert(c.key.clone(), r.clone()),
+                    None => self.timers.remove(&c.key),
+                };
+            }
+            if let Some(h) = effects.high_water_ms {
+                self.high_water_ms = h;
+            }
+            effects
+        }
+    }
+
+    fn key(id: &str) -> TimerKey {
+        TimerKey {
+            workflow_id: "w".into(),
+            timer_id: id.into(),
+        }
+    }
+
+    fn at(fire_at_ms: u64) -> TimerDefinition {
+        TimerDefinition {
+            queue: "q".into(),
+            fire_at_ms: Some(fire_at_ms),
+            delay_ms: None,
+            payload: vec![1],
+        }
+    }
+
+    fn schedule(id: &str, fire_at_ms: u64) -> Command {
+        Command::Schedule {
+            key: key(id),
+            definition: at(fire_at_ms),
+            received_at_ms: 10,
+        }
+    }
+
+    fn state(p: &Partition, id: &str) -> Option<TimerState> {
+        p.timers.get(&key(id)).map(|r| r.state)
+    }
+
+    #[test]
+    fn schedule_creates_once_and_repeats_are_idempotent_or_refused() {
+        let mut p = Partition::default();
+        let e = p.run(1, schedule("a", 100));
+        assert_eq!(e.changes.len(), 1);
+        assert_eq!(e.changes[0].before, None);
+        assert!(matches!(
+            e.response,
+            CommandResponse::Scheduled { created: true, .. }
+        ));
+        let e = p.run(2, schedule("a", 100));
+        assert!(e.changes.is_empty(), "a repeat changes nothing");
+        assert!(matches!(
+            e.response,
+            CommandResponse::Scheduled { created: false, .. }
+        ));
+        let e = p.run(3, schedule("a", 200));
+        assert!(e.changes.is_empty());
+        assert!(matches!(e.response, CommandResponse::AlreadyExists { .. }));
+        // Inside one command, a later item sees an earlier one.
+        let e = p.run(
+            4,
+            Command::ScheduleMany {
+                timers: vec![(key("b"), at(5)), (key("b"), at(5)), (key("b"), at(6))],
+                received_at_ms: 10,
+            },
+        );
+        assert_eq!(e.changes.len(), 1);
+        let CommandResponse::Many(r) = e.response else {
+            panic!("{:?}", e.response)
+        };
+        assert!(matches!(
+            r[0],
+            CommandResponse::Scheduled { created: true, .. }
+        ));
+        assert!(matches!(
+            r[1],
+            CommandResponse::Scheduled { created: false, .. }
+        ));
+        assert!(matches!(r[2], CommandResponse::AlreadyExists { .. }));
+    }
+
+    #[test]
+    fn fire_moves_only_due_scheduled_timers_at_the_partitions_time() {
+        let mut p = Partition {
+            high_water_ms: 150,
+            ..Partition::default()
+        };
+        for (id, due) in [("due", 100), ("late", 140), ("later", 500), ("gone", 100)] {
+            p.run(1, schedule(id, due));
+        }
+        p.run(
+            2,
+            Command::Cancel {
+                key: key("gone"),
+                received_at_ms: 20,
+            },
+        );
+        // A proposer whose clock is behind: the partition's time (150) still rules.
+        let e = p.run(
+            9,
+            Command::Fire {
+                timers: vec![
+                    key("late"),
+                    key("due"),
+                    key("later"),
+                    key("gone"),
+                    key("due"),
+                    key("nope"),
+                ],
+                fired_at_ms: 120,
+            },
+        );
+        assert_eq!(e.high_water_ms, None, "time never goes back");
+        let CommandResponse::Fired { timers, not_due } = e.response else {
+            panic!()
+        };
+        let fired: Vec<_> = timers
+            .iter()
+            .map(|r| (r.key.timer_id.as_str(), r.fired_at_ms, r.fire_seq))
+            .collect();
+        assert_eq!(
+            fired,
+            [("late", Some(150), Some(9)), ("due", Some(150), Some(9))]
+        );
+        assert_eq!(not_due, [(key("later"), 500)]);
+        assert_eq!(e.changes.len(), 2);
+        assert_eq!(state(&p, "later"), Some(TimerState::Scheduled));
+        // A later time moves the partition's time.
+        let e = p.run(
+            10,
+            Command::Fire {
+                timers: vec![key("later")],
+                fired_at_ms: 600,
+            },
+        );
+        assert_eq!(e.high_water_ms, Some(600));
+        assert_eq!(state(&p, "later"), Some(TimerState::Fired));
+    }
+
+    #[test]
+    fn cancel_complete_and_expire_follow_the_timers_state() {
+        let mut p = Partition::default();
+        p.run(1, schedule("f", 1));
+        p.run(1, schedule("c", 1));
+        p.run(
+            2,
+            Command::Fire {
+                timers: vec![key("f")],
+                fired_at_ms: 5,
+            },
+        );
+        // A cancel after the fire answers already-fired and changes nothing.
+        let e = p.run(
+            3,
+            Command::Cancel {
+                key: key("f"),
+                received_at_ms: 6,
+            },
+        );
+        assert!(matches!(e.response, CommandResponse::AlreadyFired { .. }));
+        assert!(e.changes.is_empty());
+        let e = p.run(
+            4,
+            Command::Cancel {
+                key: key("c"),
+                received_at_ms: 7,
+            },
+        );
+        assert!(matches!(e.response, CommandResponse::Cancelled { .. }));
+        // Complete takes only fired timers.
+        let e = p.run(
+            5,
+            Command::Complete {
+                timers: vec![key("f"), key("c"), key("f")],
+                completed_at_ms: 8,
+            },
+        );
+        assert_eq!(e.response, CommandResponse::Completed { count: 1 });
+        assert_eq!(state(&p, "f"), Some(TimerState::Completed));
+        // Expire removes finished timers older than the cutoff only.
+        let e = p.run(
+            6,
+            Command::Expire {
+                timers: vec![key("f"), key("c")],
+                before_ms: 8,
+            },
+        );
+        assert_eq!(e.response, CommandResponse::Expired { count: 1 });
+        assert_eq!(state(&p, "c"), None);
+        assert_eq!(state(&p, "f"), Some(TimerState::Completed));
+        assert_eq!(e.changes[0].after, None);
+    }
+}
