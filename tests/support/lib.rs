@@ -38,7 +38,10 @@ fn free_port() -> u16 {
 
 pub struct NodeProc {
     pub id: u64,
+    /// The client port.
     pub addr: String,
+    /// The peer port (Raft transport).
+    pub peer_addr: String,
     pub http: String,
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -108,23 +111,24 @@ impl Cluster {
             .prefix("hourglass-it-")
             .disable_cleanup(keep)
             .tempdir()?;
-        let ports: Vec<(u16, u16)> = (0..opts.nodes)
-            .map(|_| (free_port(), free_port()))
+        let ports: Vec<(u16, u16, u16)> = (0..opts.nodes)
+            .map(|_| (free_port(), free_port(), free_port()))
             .collect();
         let peers: Vec<String> = ports
             .iter()
             .enumerate()
-            .map(|(i, (g, _))| format!("\"{}=127.0.0.1:{g}\"", i + 1))
+            .map(|(i, (g, p, _))| format!("\"{}=127.0.0.1:{g}/127.0.0.1:{p}\"", i + 1))
             .collect();
         let mut nodes = Vec::new();
-        for (i, (grpc, http)) in ports.iter().enumerate() {
+        for (i, (grpc, peer, http)) in ports.iter().enumerate() {
             let id = i as u64 + 1;
             let dir = root.path().join(format!("node-{id}"));
             std::fs::create_dir_all(&dir)?;
             let config = root.path().join(format!("node-{id}.toml"));
             // Short election timeouts keep failover tests quick on loopback.
             let toml = format!(
-                "node_id = {id}\nlisten = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+                "node_id = {id}\nlisten = \"127.0.0.1:{grpc}\"\npeer_listen = \"127.0.0.1:{peer}\"\n\
+                 http_listen = \"127.0.0.1:{http}\"\n\
                  data_dir = \"{}\"\npeers = [{}]\npartitions = {}\nreplication_factor = {}\n{}\n",
                 dir.join("data").display(),
                 peers.join(", "),
@@ -136,6 +140,7 @@ impl Cluster {
             nodes.push(NodeProc {
                 id,
                 addr: format!("127.0.0.1:{grpc}"),
+                peer_addr: format!("127.0.0.1:{peer}"),
                 http: format!("127.0.0.1:{http}"),
                 dir,
                 config,

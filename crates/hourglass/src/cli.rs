@@ -38,7 +38,7 @@ pub struct Global {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run one node of a cluster.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a whole local cluster in this process (3 nodes on 127.0.0.1:7001-7003).
     Dev(DevArgs),
     /// Schedule, cancel and inspect timers.
@@ -130,13 +130,31 @@ pub struct ServeArgs {
     /// This node's id (positive integer) [key node_id, HOURGLASS_NODE_ID]
     #[arg(long)]
     pub node_id: Option<u64>,
-    /// gRPC listen address [key listen, HOURGLASS_LISTEN]
+    /// Client port (public gRPC services) listen address [key listen, HOURGLASS_LISTEN]
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Address peers and clients use to reach this node (defaults to --listen) [key advertise,
+    /// Address clients reach the client port at (defaults to --listen) [key advertise,
     /// HOURGLASS_ADVERTISE]
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Peer port (Raft transport between nodes only) listen address [key peer_listen,
+    /// HOURGLASS_PEER_LISTEN]
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
+    /// Address other nodes reach the peer port at (defaults to --peer-listen) [key
+    /// peer_advertise, HOURGLASS_PEER_ADVERTISE]
+    #[arg(long)]
+    pub peer_advertise: Option<String>,
+    /// The cluster CA's certificate (PEM) [key tls.ca, HOURGLASS_TLS__CA]
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM, from `hourglass cert node`) [key tls.cert,
+    /// HOURGLASS_TLS__CERT]
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM) [key tls.key, HOURGLASS_TLS__KEY]
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
     /// HTTP listen address for /healthz, /readyz and /metrics [key http_listen,
     /// HOURGLASS_HTTP_LISTEN]
     #[arg(long)]
@@ -144,7 +162,8 @@ pub struct ServeArgs {
     /// Data directory [key data_dir, HOURGLASS_DATA_DIR]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Every cluster node as ID=HOST:PORT, comma-separated [key peers, HOURGLASS_PEERS]
+    /// Every cluster node as ID=CLIENT_HOST:PORT/PEER_HOST:PORT, comma-separated [key peers,
+    /// HOURGLASS_PEERS]
     #[arg(long, value_delimiter = ',')]
     pub peers: Option<Vec<Peer>>,
     /// Partition count (fixed at cluster creation) [key partitions, HOURGLASS_PARTITIONS]
@@ -194,6 +213,21 @@ impl ServeArgs {
         if let Some(v) = &self.advertise {
             o.set("advertise", v)?;
         }
+        if let Some(v) = self.peer_listen {
+            o.set("peer_listen", v)?;
+        }
+        if let Some(v) = &self.peer_advertise {
+            o.set("peer_advertise", v)?;
+        }
+        if let Some(v) = &self.tls_ca {
+            o.set("tls.ca", v)?;
+        }
+        if let Some(v) = &self.tls_cert {
+            o.set("tls.cert", v)?;
+        }
+        if let Some(v) = &self.tls_key {
+            o.set("tls.key", v)?;
+        }
         if let Some(v) = self.http_listen {
             o.set("http_listen", v)?;
         }
@@ -239,7 +273,8 @@ pub struct DevArgs {
     /// Partition count.
     #[arg(long, default_value_t = 16)]
     pub partitions: u32,
-    /// Node i listens for gRPC on BASE+i and for HTTP on BASE+2000+i.
+    /// Node i listens for gRPC on BASE+i, for its peers on BASE+1000+i and for HTTP on
+    /// BASE+2000+i.
     #[arg(long, default_value_t = 7000)]
     pub base_port: u16,
 }

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => server_cmds::serve(args).await,
+            Command::Serve(args) => server_cmds::serve(*args).await,
             Command::Dev(args) => server_cmds::dev(args).await,
             Command::Timer(cmd) => client_cmds::timer(&cli.global, cmd).await,
             Command::Cluster(cmd) => client_cmds::cluster(&cli.global, cmd).await,
