@@ -36,6 +36,10 @@ pub const NON_CONFIG_ENV: &[&str] = &[
     "HOURGLASS_CONFIG",
     "HOURGLASS_REJOIN",
     "HOURGLASS_ENDPOINTS",
+    // The client commands' TLS files (--ca, --cert, --key).
+    "HOURGLASS_CA",
+    "HOURGLASS_CERT",
+    "HOURGLASS_KEY",
     "HOURGLASS_BIN",
     "HOURGLASS_CLUSTER_DIR",
     "HOURGLASS_BASE_PORT",

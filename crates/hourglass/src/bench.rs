@@ -124,7 +124,7 @@ async fn schedule_many(
 }
 
 pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
-    let client = Arc::new(Client::new(&global.endpoints).map_err(usage)?);
+    let client = Arc::new(global.client()?);
     let run = format!("bench-{}-{}", std::process::id(), now_ms());
     match cmd {
         BenchCommand::Steady {

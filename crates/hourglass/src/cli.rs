@@ -33,6 +33,37 @@ pub struct Global {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Talk TLS, trusting the nodes whose certificates this CA (PEM) signed.
+    #[arg(long, global = true, env = "HOURGLASS_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM, `hourglass cert client`) to present; needs --key and --ca.
+    #[arg(long, global = true, env = "HOURGLASS_CERT", requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, global = true, env = "HOURGLASS_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl Global {
+    /// A client of `--endpoints`, over TLS when `--ca` is given.
+    pub fn client(&self) -> Result<hourglass_client::Client, crate::Failure> {
+        let tls = match &self.ca {
+            Some(ca) => Some(
+                hourglass_client::Tls::from_files(
+                    ca,
+                    self.cert.as_deref().zip(self.key.as_deref()),
+                )
+                .map_err(crate::usage)?,
+            ),
+            None => None,
+        };
+        hourglass_client::Client::with_options(
+            &self.endpoints,
+            hourglass_client::RetryPolicy::default(),
+            tls,
+        )
+        .map_err(crate::usage)
+    }
 }
 
 #[derive(Subcommand)]
@@ -53,6 +84,45 @@ pub enum Command {
     /// Load generator: measures fire lateness, burst delivery and memory per timer.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Create the cluster CA and certificates of nodes and clients (docs/operations.md,
+    /// "Security").
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+pub enum CertCommand {
+    /// Create the cluster CA: DIR/ca.crt and DIR/ca.key.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Create node ID's certificate (DIR/node-ID.crt, .key), signed by DIR's CA.
+    Node {
+        id: u64,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Names and IP addresses clients reach the node at (repeatable or comma-separated;
+        /// default localhost and 127.0.0.1).
+        #[arg(long, value_delimiter = ',')]
+        host: Vec<String>,
+    },
+    /// Create a client's certificate (DIR/client-NAME.crt, .key), signed by DIR's CA.
+    Client {
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+        /// The role the certificate carries (its OU).
+        #[arg(long, value_enum, default_value = "client")]
+        role: ClientRole,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ClientRole {
+    Admin,
+    Client,
+    Worker,
 }
 
 #[derive(Subcommand)]

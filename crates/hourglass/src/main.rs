@@ -1,6 +1,7 @@
 //! `hourglass`: run a node (`serve`), a whole local cluster (`dev`), or talk to a cluster.
 
 mod bench;
+mod cert_cmd;
 mod cli;
 mod client_cmds;
 mod output;
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
             Command::Cluster(cmd) => client_cmds::cluster(&cli.global, cmd).await,
             Command::Worker(args) => worker_cmd::run(&cli.global, args).await,
             Command::Bench(cmd) => bench::run(&cli.global, cmd).await,
+            Command::Cert(cmd) => cert_cmd::run(cmd).map_err(Failure::from),
         }
     });
     match result {
