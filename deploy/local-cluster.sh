@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run an N-node Hourglass cluster on this machine, one process per node.
 #
-# Node i serves gRPC on 127.0.0.1:(7000+i) and HTTP on 127.0.0.1:(9000+i); its data and log
+# Node i serves its client port (gRPC) on 127.0.0.1:(7000+i), its peer port (Raft transport)
+# on 127.0.0.1:(8000+i) and HTTP on 127.0.0.1:(9000+i); its data and log
 # live under $HOURGLASS_CLUSTER_DIR (default: .local-cluster/ in the repository).
 set -euo pipefail
 
@@ -10,6 +11,7 @@ DIR="${HOURGLASS_CLUSTER_DIR:-$ROOT/.local-cluster}"
 BIN="${HOURGLASS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/hourglass}"
 PARTITIONS="${HOURGLASS_PARTITIONS:-16}"
 GRPC_BASE="${HOURGLASS_BASE_PORT:-7000}"
+PEER_BASE=$((GRPC_BASE + 1000))
 HTTP_BASE="${HOURGLASS_HTTP_BASE_PORT:-9000}"
 
 usage() {
@@ -33,7 +35,7 @@ usage: deploy/local-cluster.sh COMMAND [ARGS]
 environment: HOURGLASS_CLUSTER_DIR (data and logs), HOURGLASS_BIN (binary to run),
              HOURGLASS_PARTITIONS (partition count of a new cluster, default 16),
              HOURGLASS_BASE_PORT / HOURGLASS_HTTP_BASE_PORT (node i uses base + i;
-             defaults 7000 and 9000)
+             defaults 7000 and 9000; the peer ports are the client base + 1000 + i)
 exit codes:  0 ok, 1 failure, 2 usage error
 USAGE
 }
@@ -92,7 +94,9 @@ endpoints() {
 
 peers() {
   local n="$1" out="" i
-  for ((i = 1; i <= n; i++)); do out+="${out:+,}$i=127.0.0.1:$((GRPC_BASE + i))"; done
+  for ((i = 1; i <= n; i++)); do
+    out+="${out:+,}$i=127.0.0.1:$((GRPC_BASE + i))/127.0.0.1:$((PEER_BASE + i))"
+  done
   echo "$out"
 }
 
@@ -104,6 +108,7 @@ write_config() {
   cat > "$d/node.toml" <<TOML
 node_id = $i
 listen = "127.0.0.1:$((GRPC_BASE + i))"
+peer_listen = "127.0.0.1:$((PEER_BASE + i))"
 http_listen = "127.0.0.1:$((HTTP_BASE + i))"
 data_dir = "$d/data"
 peers = [$quoted]
@@ -115,13 +120,13 @@ TOML
 start_node() {
   local i="$1" d; d="$(node_dir "$i")"
   if is_running "$i"; then echo "node $i already running (pid $(pid_of "$i"))"; return 0; fi
-  for port in $((GRPC_BASE + i)) $((HTTP_BASE + i)); do
+  for port in $((GRPC_BASE + i)) $((PEER_BASE + i)) $((HTTP_BASE + i)); do
     port_in_use "$port" && die "port $port (node $i) is in use by another process"
   done
   [[ -f "$d/node.toml" ]] || die "node $i has no configuration; run 'up' first"
   nohup "$BIN" serve --config "$d/node.toml" >>"$d/node.log" 2>&1 &
   echo $! > "$d/pid"
-  echo "node $i started (pid $!, grpc 127.0.0.1:$((GRPC_BASE + i)), http 127.0.0.1:$((HTTP_BASE + i)))"
+  echo "node $i started (pid $!, grpc 127.0.0.1:$((GRPC_BASE + i)), peer 127.0.0.1:$((PEER_BASE + i)), http 127.0.0.1:$((HTTP_BASE + i)))"
 }
 
 stop_node() {

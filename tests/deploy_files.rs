@@ -144,6 +144,8 @@ fn kubernetes_manifests_have_what_a_statefulset_needs() {
             "2",
             "--advertise",
             "hourglass-1.hourglass:7001",
+            "--peer-advertise",
+            "hourglass-1.hourglass:8001",
         ],
     );
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use hourglass_client::v1;
 use hourglass_client::v1::timers_client::TimersClient;
+use hourglass_proto::internal::raft_transport_client::RaftTransportClient;
 use hourglass_tests::{schedule_in, Cluster, Options};
 use prost::Message;
 use tonic::transport::Channel;
@@ -211,6 +212,34 @@ async fn health_reflection_and_rich_errors() -> Result<()> {
     alpha.remove("grpc.reflection.v1.ServerReflection");
     alpha.insert("grpc.reflection.v1alpha.ServerReflection".into());
     assert_eq!(reflect::list_v1alpha(&a).await?, alpha);
+
+    // The client port does not serve the Raft transport at all; the peer port serves it and
+    // nothing else.
+    let hello = || hourglass_proto::internal::HelloRequest {
+        from_node: 1,
+        partition_count: cluster.partitions,
+    };
+    let on_client_port = RaftTransportClient::new(channel(&a).await?)
+        .hello(hello())
+        .await
+        .expect_err("the client port must not serve RaftTransport");
+    assert_eq!(
+        on_client_port.code(),
+        Code::Unimplemented,
+        "{on_client_port:?}"
+    );
+    let p = cluster.node(1).peer_addr.clone();
+    RaftTransportClient::new(channel(&p).await?)
+        .hello(hello())
+        .await
+        .context("the peer port serves RaftTransport")?;
+    let health_on_peer_port = health(&p, "")
+        .await
+        .expect_err("no health on the peer port");
+    assert_eq!(health_on_peer_port.code(), Code::Unimplemented);
+    let timers_on_peer_port =
+        schedule_err(&p, schedule_in("w", "t", Duration::from_secs(60), "")).await?;
+    assert_eq!(timers_on_peer_port.code(), Code::Unimplemented);
 
     // grpcurl -plaintext 127.0.0.1:7001 describe hourglass.v1.Timers
     let files = reflect::describe(&a, "hourglass.v1.Timers")

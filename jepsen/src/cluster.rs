@@ -60,7 +60,10 @@ impl Cluster {
             );
         }
         let peers: Vec<String> = (1..=count)
-            .map(|i| format!("\"{i}={}:7001\"", net::node_addr(i)))
+            .map(|i| {
+                let addr = net::node_addr(i);
+                format!("\"{i}={addr}:7001/{addr}:8001\"")
+            })
             .collect();
         for i in 1..=count {
             let nd = dir.join(format!("node-{i}"));
@@ -69,7 +72,8 @@ impl Cluster {
             std::fs::write(
                 nd.join("node.toml"),
                 format!(
-                    "node_id = {i}\nlisten = \"{addr}:7001\"\nhttp_listen = \"{addr}:9001\"\ndata_dir = \"{}\"\n\
+                    "node_id = {i}\nlisten = \"{addr}:7001\"\npeer_listen = \"{addr}:8001\"\n\
+                     http_listen = \"{addr}:9001\"\ndata_dir = \"{}\"\n\
                      peers = [{}]\npartitions = {partitions}\nreplication_factor = 3\n\
                      [timers]\nack_timeout_ms = 5000\n",
                     nd.join("data").display(),

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hourglass_client::{v1, Client, RetryPolicy};
+use hourglass_client::{v1, Client, RetryPolicy, Tls};
 
 /// The release `hourglass` binary next to this test executable (`target/release/`), or
 /// `$HOURGLASS_BIN`.
@@ -38,17 +38,37 @@ fn free_port() -> u16 {
 
 pub struct NodeProc {
     pub id: u64,
+    /// The client port.
     pub addr: String,
+    /// The peer port (Raft transport).
+    pub peer_addr: String,
     pub http: String,
     pub dir: PathBuf,
     pub config: PathBuf,
     child: Option<Child>,
 }
 
+/// Runs `hourglass cert ARGS` (the CLI makes every certificate the tests use).
+pub fn cert(args: &[&str]) -> Result<()> {
+    let out = Command::new(hourglass_bin())
+        .arg("cert")
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "hourglass cert {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// A cluster of `hourglass serve` processes. Dropping it kills them.
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     pub partitions: u32,
+    /// The certificates' directory (`hourglass cert`), when the cluster runs with TLS.
+    pub certs: Option<PathBuf>,
     faketime: bool,
     _root: tempfile::TempDir,
 }
@@ -63,6 +83,8 @@ pub struct Options {
     /// Run every node under libfaketime, so [`Cluster::set_clock`] can move its wall clock
     /// (its monotonic clock stays true).
     pub faketime: bool,
+    /// Run with TLS: a CA and node certificates made by `hourglass cert`, clients with the CA.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -72,6 +94,7 @@ impl Default for Options {
             partitions: 4,
             extra_toml: String::new(),
             faketime: false,
+            tls: false,
         }
     }
 }
@@ -108,24 +131,41 @@ impl Cluster {
             .prefix("hourglass-it-")
             .disable_cleanup(keep)
             .tempdir()?;
-        let ports: Vec<(u16, u16)> = (0..opts.nodes)
-            .map(|_| (free_port(), free_port()))
+        let ports: Vec<(u16, u16, u16)> = (0..opts.nodes)
+            .map(|_| (free_port(), free_port(), free_port()))
             .collect();
         let peers: Vec<String> = ports
             .iter()
             .enumerate()
-            .map(|(i, (g, _))| format!("\"{}=127.0.0.1:{g}\"", i + 1))
+            .map(|(i, (g, p, _))| format!("\"{}=127.0.0.1:{g}/127.0.0.1:{p}\"", i + 1))
             .collect();
+        let certs = root.path().join("certs");
+        if opts.tls {
+            let dir = certs.to_str().context("a UTF-8 temporary directory")?;
+            cert(&["init", "--dir", dir])?;
+            for id in 1..=opts.nodes {
+                cert(&["node", &id.to_string(), "--dir", dir])?;
+            }
+        }
         let mut nodes = Vec::new();
-        for (i, (grpc, http)) in ports.iter().enumerate() {
+        for (i, (grpc, peer, http)) in ports.iter().enumerate() {
             let id = i as u64 + 1;
+            let tls = if opts.tls {
+                format!(
+                    "[tls]\nca = \"{0}/ca.crt\"\ncert = \"{0}/node-{id}.crt\"\nkey = \"{0}/node-{id}.key\"\n",
+                    certs.display()
+                )
+            } else {
+                String::new()
+            };
             let dir = root.path().join(format!("node-{id}"));
             std::fs::create_dir_all(&dir)?;
             let config = root.path().join(format!("node-{id}.toml"));
             // Short election timeouts keep failover tests quick on loopback.
             let toml = format!(
-                "node_id = {id}\nlisten = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-                 data_dir = \"{}\"\npeers = [{}]\npartitions = {}\nreplication_factor = {}\n{}\n",
+                "node_id = {id}\nlisten = \"127.0.0.1:{grpc}\"\npeer_listen = \"127.0.0.1:{peer}\"\n\
+                 http_listen = \"127.0.0.1:{http}\"\n\
+                 data_dir = \"{}\"\npeers = [{}]\npartitions = {}\nreplication_factor = {}\n{}\n{tls}",
                 dir.join("data").display(),
                 peers.join(", "),
                 opts.partitions,
@@ -136,6 +176,7 @@ impl Cluster {
             nodes.push(NodeProc {
                 id,
                 addr: format!("127.0.0.1:{grpc}"),
+                peer_addr: format!("127.0.0.1:{peer}"),
                 http: format!("127.0.0.1:{http}"),
                 dir,
                 config,
@@ -148,6 +189,7 @@ impl Cluster {
         let cluster = Cluster {
             nodes,
             partitions: opts.partitions,
+            certs: opts.tls.then_some(certs),
             faketime: opts.faketime,
             _root: root,
         };
@@ -319,12 +361,17 @@ impl Cluster {
     /// A client of the given nodes only.
     pub fn client_of(&self, ids: &[u64]) -> Client {
         let endpoints: Vec<String> = ids.iter().map(|&i| self.node(i).addr.clone()).collect();
-        Client::with_retry(
+        let tls = self
+            .certs
+            .as_ref()
+            .map(|dir| Tls::from_files(&dir.join("ca.crt"), None).expect("the CA is readable"));
+        Client::with_options(
             &endpoints,
             RetryPolicy {
                 budget: Duration::from_secs(30),
                 attempt_timeout: Duration::from_secs(12),
             },
+            tls,
         )
         .expect("valid endpoints")
     }

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use hourglass_proto::v1::admin_client::AdminClient;
 use hourglass_proto::v1::timers_client::TimersClient;
 use hourglass_proto::ERROR_DOMAIN;
 use prost::Message;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 pub use tonic_types::ErrorDetails;
 use tonic_types::StatusExt;
@@ -36,6 +37,8 @@ pub enum Error {
     InvalidEndpoint(String),
     #[error("no endpoints given")]
     NoEndpoints,
+    #[error("tls: {0}")]
+    Tls(String),
     /// The cluster's answer; `status.code()` says which kind (see the API docs).
     #[error("{:?}: {}", .0.code(), .0.message())]
     Status(Box<Status>),
@@ -157,24 +160,63 @@ impl Default for RetryPolicy {
     }
 }
 
+/// TLS to the nodes' client ports: the cluster CA to verify them by, and optionally a client
+/// certificate (`hourglass cert client`) to present.
+#[derive(Debug, Clone)]
+pub struct Tls(ClientTlsConfig);
+
+impl Tls {
+    /// Trusts the nodes whose certificates `ca_pem` signed, for the name or address each
+    /// endpoint is given by.
+    pub fn new(ca_pem: impl AsRef<[u8]>) -> Self {
+        Tls(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)))
+    }
+
+    /// Presents this certificate and key (PEM) to the nodes.
+    pub fn with_identity(self, cert_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> Self {
+        Tls(self.0.identity(Identity::from_pem(cert_pem, key_pem)))
+    }
+
+    /// Reads the CA and, when both are given, the client certificate and key from PEM files.
+    pub fn from_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| Error::Tls(format!("cannot read {}: {e}", p.display())))
+        };
+        let tls = Tls::new(read(ca)?);
+        Ok(match identity {
+            Some((cert, key)) => tls.with_identity(read(cert)?, read(key)?),
+            None => tls,
+        })
+    }
+}
+
 pub struct Client {
     endpoints: Vec<String>,
     channels: Mutex<HashMap<String, Channel>>,
     next: AtomicUsize,
     retry: RetryPolicy,
+    tls: Option<Tls>,
 }
 
-pub(crate) fn channel_for(address: &str) -> Result<Channel> {
+/// A lazily connected channel to `address` (`HOST:PORT`), over TLS when `tls` is given.
+pub(crate) fn channel_for(address: &str, tls: Option<&Tls>) -> Result<Channel> {
     let uri = if address.contains("://") {
         address.to_owned()
+    } else if tls.is_some() {
+        format!("https://{address}")
     } else {
         format!("http://{address}")
     };
-    Ok(Endpoint::from_shared(uri)
+    let mut endpoint = Endpoint::from_shared(uri)
         .map_err(|_| Error::InvalidEndpoint(address.to_owned()))?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.0.clone())
+            .map_err(|e| Error::Tls(e.to_string()))?;
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 impl Client {
@@ -185,6 +227,15 @@ impl Client {
     }
 
     pub fn with_retry<S: AsRef<str>>(endpoints: &[S], retry: RetryPolicy) -> Result<Self> {
+        Self::with_options(endpoints, retry, None)
+    }
+
+    /// A client with a retry policy and, for a cluster with TLS, its CA and certificate.
+    pub fn with_options<S: AsRef<str>>(
+        endpoints: &[S],
+        retry: RetryPolicy,
+        tls: Option<Tls>,
+    ) -> Result<Self> {
         let endpoints: Vec<String> = endpoints
             .iter()
             .map(|e| e.as_ref().trim().to_owned())
@@ -195,13 +246,14 @@ impl Client {
         }
         let mut channels = HashMap::new();
         for e in &endpoints {
-            channels.insert(e.clone(), channel_for(e)?);
+            channels.insert(e.clone(), channel_for(e, tls.as_ref())?);
         }
         Ok(Client {
             endpoints,
             channels: Mutex::new(channels),
             next: AtomicUsize::new(0),
             retry,
+            tls,
         })
     }
 
@@ -210,7 +262,7 @@ impl Client {
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let c = channel_for(address)?;
+        let c = channel_for(address, self.tls.as_ref())?;
         channels.insert(address.to_owned(), c.clone());
         Ok(c)
     }

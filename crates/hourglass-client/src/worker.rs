@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::{channel_for, hints, Client, Result};
+use crate::{channel_for, hints, Client, Result, Tls};
 
 /// How a worker subscribes.
 #[derive(Debug, Clone)]
@@ -121,10 +121,14 @@ async fn supervise(
             keep
         });
         for addr in addresses {
-            streams
-                .0
-                .entry(addr.clone())
-                .or_insert_with(|| tokio::spawn(subscribe_to(addr, options.clone(), tx.clone())));
+            streams.0.entry(addr.clone()).or_insert_with(|| {
+                tokio::spawn(subscribe_to(
+                    addr,
+                    options.clone(),
+                    tx.clone(),
+                    client.tls.clone(),
+                ))
+            });
         }
         tokio::time::sleep(options.refresh).await;
         if tx.is_closed() {
@@ -149,12 +153,17 @@ fn resubscribe_backoff() -> impl Iterator<Item = Duration> {
 }
 
 /// Keeps one subscription to one node alive.
-async fn subscribe_to(address: String, options: WorkerOptions, tx: mpsc::Sender<Delivery>) {
+async fn subscribe_to(
+    address: String,
+    options: WorkerOptions,
+    tx: mpsc::Sender<Delivery>,
+    tls: Option<Tls>,
+) {
     let mut backoff = resubscribe_backoff();
     loop {
         let mut connected = false;
         let mut asked = None;
-        if let Err(e) = stream_once(&address, &options, &tx, &mut connected).await {
+        if let Err(e) = stream_once(&address, &options, &tx, tls.as_ref(), &mut connected).await {
             let code = e.code();
             asked = hints(&e.details()).retry_delay;
             if matches!(
@@ -182,9 +191,10 @@ async fn stream_once(
     address: &str,
     options: &WorkerOptions,
     tx: &mpsc::Sender<Delivery>,
+    tls: Option<&Tls>,
     connected: &mut bool,
 ) -> Result<()> {
-    let channel = channel_for(address)?;
+    let channel = channel_for(address, tls)?;
     let (out, out_rx) = mpsc::unbounded_channel();
     let _ = out.send(v1::WorkerMessage {
         message: Some(v1::worker_message::Message::Start(v1::SubscribeStart {

@@ -36,6 +36,10 @@ pub const NON_CONFIG_ENV: &[&str] = &[
     "HOURGLASS_CONFIG",
     "HOURGLASS_REJOIN",
     "HOURGLASS_ENDPOINTS",
+    // The client commands' TLS files (--ca, --cert, --key).
+    "HOURGLASS_CA",
+    "HOURGLASS_CERT",
+    "HOURGLASS_KEY",
     "HOURGLASS_BIN",
     "HOURGLASS_CLUSTER_DIR",
     "HOURGLASS_BASE_PORT",
@@ -71,29 +75,48 @@ pub const MILLISECOND_KEYS: &[(&str, &str)] = &[
     ("fault", "early_fire"),
 ];
 
-/// A cluster member: `ID=HOST:PORT`, the address its gRPC port is reached at.
+/// A cluster member: `ID=CLIENT_HOST:PORT/PEER_HOST:PORT`. Clients, and nodes forwarding
+/// their calls, reach it at its client address; the Raft transport of the other nodes at its
+/// peer address, a port of its own so that it can be firewalled and authenticated apart from
+/// the public API.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Peer {
     pub id: NodeId,
+    /// Where its client port (`advertise`) is reached.
     pub address: String,
+    /// Where its peer port (`peer_advertise`) is reached.
+    pub peer_address: String,
 }
 
 impl FromStr for Peer {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (id, address) = s
+        let form = "ID=CLIENT_HOST:PORT/PEER_HOST:PORT, e.g. 1=10.0.0.1:7001/10.0.0.1:8001";
+        let (id, addresses) = s
             .split_once('=')
-            .ok_or_else(|| format!("peer {s:?} is not of the form ID=HOST:PORT"))?;
+            .ok_or_else(|| format!("peer {s:?} is not of the form {form}"))?;
         let id = id
             .trim()
             .parse()
             .map_err(|_| format!("peer {s:?}: node id {id:?} is not a positive integer"))?;
-        let address = address.trim().to_owned();
-        if address.is_empty() || !address.contains(':') {
-            return Err(format!("peer {s:?}: address {address:?} is not HOST:PORT"));
-        }
-        Ok(Peer { id, address })
+        let (address, peer_address) = addresses.split_once('/').ok_or_else(|| {
+            format!("peer {s:?} names no peer (Raft transport) address: write {form}")
+        })?;
+        let check = |what: &str, address: &str| {
+            let address = address.trim();
+            if address.is_empty() || !address.contains(':') {
+                return Err(format!(
+                    "peer {s:?}: {what} address {address:?} is not HOST:PORT"
+                ));
+            }
+            Ok(address.to_owned())
+        };
+        Ok(Peer {
+            id,
+            address: check("client", address)?,
+            peer_address: check("peer", peer_address)?,
+        })
     }
 }
 
@@ -112,7 +135,41 @@ impl From<Peer> for String {
 
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}", self.id, self.address)
+        write!(f, "{}={}/{}", self.id, self.address, self.peer_address)
+    }
+}
+
+/// Certificates of the node (PEM files): with them, the peer port requires a certificate of
+/// the cluster CA naming a member node, and the client port is served over TLS. Without
+/// them everything is plaintext, for development only.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Key `tls.ca`: the cluster CA's certificate, which every node and client certificate
+    /// must be signed by.
+    #[serde(
+        serialize_with = "optional::serialize_path",
+        deserialize_with = "optional::deserialize"
+    )]
+    pub ca: Option<PathBuf>,
+    /// Key `tls.cert`: this node's certificate (`hourglass cert node ID`).
+    #[serde(
+        serialize_with = "optional::serialize_path",
+        deserialize_with = "optional::deserialize"
+    )]
+    pub cert: Option<PathBuf>,
+    /// Key `tls.key`: the private key of `tls.cert`.
+    #[serde(
+        serialize_with = "optional::serialize_path",
+        deserialize_with = "optional::deserialize"
+    )]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether TLS is on (validation makes sure all three files are given, or none).
+    pub fn is_enabled(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
     }
 }
 
@@ -261,11 +318,17 @@ impl FaultConfig {
 pub struct NodeConfig {
     /// This node's id, a positive integer unique in the cluster.
     pub node_id: NodeId,
-    /// Where the gRPC port (public services and Raft transport) listens.
+    /// Where the client port (the public services, health and reflection) listens.
     pub listen: SocketAddr,
-    /// The address peers and clients use to reach this node; defaults to `listen`.
+    /// The address clients and other nodes' forwarded calls reach the client port at;
+    /// defaults to `listen`.
     #[serde(with = "optional")]
     pub advertise: Option<String>,
+    /// Where the peer port (the Raft transport between nodes, nothing else) listens.
+    pub peer_listen: SocketAddr,
+    /// The address other nodes reach the peer port at; defaults to `peer_listen`.
+    #[serde(with = "optional")]
+    pub peer_advertise: Option<String>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served; none when unset.
     #[serde(with = "optional")]
     pub http_listen: Option<SocketAddr>,
@@ -292,6 +355,7 @@ pub struct NodeConfig {
     pub timers: TimersConfig,
     pub grpc: GrpcConfig,
     pub fault: FaultConfig,
+    pub tls: TlsConfig,
     /// One-time recovery of a node whose data was lost (`--rejoin`), never stored in a file.
     #[serde(skip)]
     pub rejoin: bool,
@@ -303,6 +367,8 @@ impl Default for NodeConfig {
             node_id: 0,
             listen: "127.0.0.1:7001".parse().expect("valid literal"),
             advertise: None,
+            peer_listen: "127.0.0.1:8001".parse().expect("valid literal"),
+            peer_advertise: None,
             http_listen: None,
             data_dir: PathBuf::from("data"),
             peers: Vec::new(),
@@ -315,6 +381,7 @@ impl Default for NodeConfig {
             timers: TimersConfig::default(),
             grpc: GrpcConfig::default(),
             fault: FaultConfig::default(),
+            tls: TlsConfig::default(),
             rejoin: false,
         }
     }
@@ -398,6 +465,12 @@ impl NodeConfig {
             .unwrap_or_else(|| self.listen.to_string())
     }
 
+    pub fn peer_advertise_address(&self) -> String {
+        self.peer_advertise
+            .clone()
+            .unwrap_or_else(|| self.peer_listen.to_string())
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
@@ -440,7 +513,22 @@ impl NodeConfig {
             self.peers.push(Peer {
                 id: self.node_id,
                 address: self.advertise_address(),
+                peer_address: self.peer_advertise_address(),
             });
+        }
+        if self.peer_listen == self.listen {
+            return bad(format!(
+                "peer_listen ({}) must differ from listen: the Raft transport has a port of its own",
+                self.peer_listen
+            ));
+        }
+        let tls = &self.tls;
+        if tls.is_enabled() && (tls.ca.is_none() || tls.cert.is_none() || tls.key.is_none()) {
+            return bad(
+                "tls.ca, tls.cert and tls.key must be given together (or none of them, \
+                 for plaintext)"
+                    .into(),
+            );
         }
         self.peers.sort();
         let ids = self.node_ids();
@@ -850,6 +938,7 @@ mod optional {
     use std::str::FromStr;
 
     use serde::de::Error as _;
+    use serde::ser::Error as _;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<T: Display, S: Serializer>(
@@ -858,6 +947,20 @@ mod optional {
     ) -> Result<S::Ok, S::Error> {
         match value {
             Some(v) => s.collect_str(v),
+            None => s.serialize_str(""),
+        }
+    }
+
+    /// A path prints as text; one that is not UTF-8 could not be read back, so it is refused.
+    pub fn serialize_path<S: Serializer>(
+        value: &Option<std::path::PathBuf>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(p) => s.serialize_str(
+                p.to_str()
+                    .ok_or_else(|| S::Error::custom(format!("{} is not UTF-8", p.display())))?,
+            ),
             None => s.serialize_str(""),
         }
     }
@@ -879,7 +982,7 @@ mod optional {
     }
 }
 
-/// `peers`: a list of `"ID=HOST:PORT"`, or one string of them separated by commas (as in
+/// `peers`: a list of `"ID=CLIENT_HOST:PORT/PEER_HOST:PORT"`, or one string of them separated by commas (as in
 /// `HOURGLASS_PEERS` and `--peers`).
 fn peer_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Peer>, D::Error> {
     struct Peers;
@@ -887,7 +990,10 @@ fn peer_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Peer>, D::Err
         type Value = Vec<Peer>;
 
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a list of \"ID=HOST:PORT\", or one string of them separated by commas")
+            f.write_str(
+                "a list of \"ID=CLIENT_HOST:PORT/PEER_HOST:PORT\", or one string of them \
+                 separated by commas",
+            )
         }
 
         fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<Peer>, E> {
@@ -923,7 +1029,9 @@ mod tests {
     const NODE: &str = r#"
         node_id = 2
         listen = "127.0.0.1:7002"
-        peers = ["1=127.0.0.1:7001", "2=127.0.0.1:7002", "3=127.0.0.1:7003"]
+        peer_listen = "127.0.0.1:8002"
+        peers = ["1=127.0.0.1:7001/127.0.0.1:8001", "2=127.0.0.1:7002/127.0.0.1:8002",
+                 "3=127.0.0.1:7003/127.0.0.1:8003"]
     "#;
 
     fn load(file: Option<&str>, flags: &Overrides) -> Result<NodeConfig> {
@@ -991,7 +1099,10 @@ mod tests {
             jail.set_env("HOURGLASS_PARTITIONS", 4);
             jail.set_env("HOURGLASS_TIMERS__WINDOW", "30s");
             jail.set_env("HOURGLASS_RAFT__ELECTION_TIMEOUT_MIN", "900ms");
-            jail.set_env("HOURGLASS_PEERS", "1=10.0.0.1:7001, 2=10.0.0.2:7001");
+            jail.set_env(
+                "HOURGLASS_PEERS",
+                "1=10.0.0.1:7001/10.0.0.1:8001, 2=10.0.0.2:7001/10.0.0.2:8001",
+            );
             // Variables that are not keys but belong to the project are left alone.
             jail.set_env("HOURGLASS_BIN", "/bin/true");
             jail.set_env("HOURGLASS_ENDPOINTS", "127.0.0.1:7001");
@@ -1005,6 +1116,7 @@ mod tests {
             assert_eq!(c.raft.election_timeout_min_ms, 900);
             assert_eq!(c.raft.heartbeat_interval_ms, 100);
             assert_eq!(c.peers[1].address, "10.0.0.2:7001");
+            assert_eq!(c.peers[1].peer_address, "10.0.0.2:8001");
 
             let mut f = flags(&["timers.batch=300", "timers.window=20s"]);
             f.set("partitions", 2).unwrap();
@@ -1158,11 +1270,13 @@ mod tests {
             node_id: 3,
             listen: "127.0.0.1:7103".parse().unwrap(),
             advertise: Some("node3.example:7103".into()),
+            peer_listen: "127.0.0.1:8103".parse().unwrap(),
+            peer_advertise: Some("node3.example:8103".into()),
             http_listen: Some("127.0.0.1:9103".parse().unwrap()),
             data_dir: "/var/lib/hourglass-3".into(),
             peers: vec![
-                "1=node1.example:7101".parse().unwrap(),
-                "3=node3.example:7103".parse().unwrap(),
+                "1=node1.example:7101/node1.example:8101".parse().unwrap(),
+                "3=node3.example:7103/node3.example:8103".parse().unwrap(),
             ],
             partitions: 12,
             replication_factor: 2,
@@ -1194,6 +1308,11 @@ mod tests {
             fault: FaultConfig {
                 lose_fired_fraction: 0.25,
                 early_fire_ms: 2_000,
+            },
+            tls: TlsConfig {
+                ca: Some("/etc/hourglass/ca.crt".into()),
+                cert: Some("/etc/hourglass/node.crt".into()),
+                key: Some("/etc/hourglass/node.key".into()),
             },
             rejoin: false,
         }
@@ -1231,7 +1350,7 @@ mod tests {
         assert_ne!(config.timers, defaults.timers);
         assert_ne!(config.grpc, defaults.grpc);
         let all = keys();
-        assert_eq!(all.len(), 29, "{all:?}");
+        assert_eq!(all.len(), 34, "{all:?}");
         let pairs = printed(&config);
         for (key, text) in &pairs {
             let default_text = &printed(&defaults)
@@ -1494,6 +1613,35 @@ mod tests {
         }
         assert!("x".parse::<Peer>().is_err());
         assert!("1=".parse::<Peer>().is_err());
-        assert_eq!("7=10.0.0.1:7001".parse::<Peer>().unwrap().id, 7);
+        assert!("1=10.0.0.1:7001/".parse::<Peer>().is_err());
+        let e = "7=10.0.0.1:7001".parse::<Peer>().unwrap_err();
+        assert!(e.contains("names no peer (Raft transport) address"), "{e}");
+        let p: Peer = "7=10.0.0.1:7001/10.0.0.1:8001".parse().unwrap();
+        assert_eq!((p.id, p.peer_address.as_str()), (7, "10.0.0.1:8001"));
+        let e = NodeConfig {
+            peer_listen: single.listen,
+            ..single.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("peer_listen (127.0.0.1:7001) must differ from listen"),
+            "{e}"
+        );
+        let e = NodeConfig {
+            tls: TlsConfig {
+                ca: Some("ca.crt".into()),
+                ..Default::default()
+            },
+            ..single.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("tls.ca, tls.cert and tls.key must be given together"),
+            "{e}"
+        );
     }
 }

@@ -69,6 +69,12 @@ pub enum Error {
     /// A client's request stream failed.
     #[error("request stream: {}", .0.message())]
     Stream(Box<tonic::Status>),
+    /// The caller presented no credentials the port accepts.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller is known, but not allowed this call.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// A broken invariant of this node: a bug.
     #[error("internal: {0}")]
     Internal(String),

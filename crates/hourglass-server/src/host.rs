@@ -21,6 +21,7 @@ use crate::engine;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::network::{GroupNetworkFactory, Peers};
+use crate::tls::Tls;
 
 /// Schedule changes buffered per partition before a slow engine must reload its window.
 const EVENT_BUFFER: usize = 65_536;
@@ -74,7 +75,7 @@ impl Host {
         });
         let host = Host {
             node_id: config.node_id,
-            peers: Arc::new(Peers::new(&config.peers)),
+            peers: Arc::new(Peers::new(&config.peers, Tls::load(&config.tls)?)),
             store,
             meta: OnceLock::new(),
             groups: OnceLock::new(),

@@ -21,6 +21,7 @@ mod node;
 mod routing;
 pub mod status;
 mod timers;
+pub mod tls;
 mod transport;
 mod workers;
 

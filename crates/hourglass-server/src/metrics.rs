@@ -44,6 +44,7 @@ pub struct Metrics {
     pub clock_offset: GaugeVec,
     pub clock_out_of_bounds: IntGauge,
     pub clock_probe_failures: IntCounter,
+    pub peer_calls_refused: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -122,6 +123,11 @@ impl Metrics {
                 r,
                 "clock_probe_failures_total",
                 "Clock probes of peers that failed or timed out.",
+            ),
+            peer_calls_refused: counter(
+                r,
+                "peer_calls_refused_total",
+                "Raft transport calls refused: the caller's certificate names no member node.",
             ),
             timers_scheduled: counter(
                 r,

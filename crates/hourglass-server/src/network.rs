@@ -1,5 +1,7 @@
-//! Raft transport, client side: one lazily connected, cached gRPC channel per peer, shared by
-//! every group on this node.
+//! Connections to the other nodes, shared by every group on this node: per peer one lazily
+//! connected, cached channel to its peer port (the Raft transport, and the node-to-node
+//! calls of start-up and status) and one to its client port (forwarded client calls). With
+//! TLS, both present this node's certificate and accept only that peer's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::debug;
 
 use crate::config::Peer;
+use crate::tls::Tls;
 
 /// Raft messages can carry many entries with payloads of up to a MiB each.
 pub(crate) const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -51,42 +54,72 @@ fn entries_hint(entries: usize, bytes: usize, max_bytes: usize) -> Option<u64> {
 
 /// The node's connections to its peers.
 pub struct Peers {
-    addresses: HashMap<NodeId, String>,
-    channels: Mutex<HashMap<NodeId, Channel>>,
+    peers: HashMap<NodeId, Peer>,
+    tls: Option<Tls>,
+    channels: Mutex<HashMap<(NodeId, Port), Channel>>,
+}
+
+/// Which port of a peer a channel goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Port {
+    Client,
+    Peer,
 }
 
 impl Peers {
-    pub fn new(peers: &[Peer]) -> Self {
+    pub fn new(peers: &[Peer], tls: Option<Tls>) -> Self {
         Peers {
-            addresses: peers.iter().map(|p| (p.id, p.address.clone())).collect(),
+            peers: peers.iter().map(|p| (p.id, p.clone())).collect(),
+            tls,
             channels: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn address(&self, id: NodeId) -> Option<&str> {
-        self.addresses.get(&id).map(String::as_str)
+    /// The node's certificates, when TLS is on.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
-    /// The cached channel to `id`; created on first use, reconnecting by itself afterwards.
-    pub fn channel(&self, id: NodeId) -> Option<Channel> {
+    /// The client address of `id`.
+    pub fn address(&self, id: NodeId) -> Option<&str> {
+        self.peers.get(&id).map(|p| p.address.as_str())
+    }
+
+    /// The cached channel to a port of `id`; created on first use, reconnecting by itself
+    /// afterwards.
+    fn connect(&self, id: NodeId, port: Port) -> Option<Channel> {
         let mut channels = self.channels.lock().expect("peer channel map poisoned");
-        if let Some(c) = channels.get(&id) {
+        if let Some(c) = channels.get(&(id, port)) {
             return Some(c.clone());
         }
-        let address = self.addresses.get(&id)?;
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let peer = self.peers.get(&id)?;
+        let address = match port {
+            Port::Client => &peer.address,
+            Port::Peer => &peer.peer_address,
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .ok()?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.dial(id)).ok()?;
+        }
         let channel = endpoint.connect_lazy();
-        channels.insert(id, channel.clone());
+        channels.insert((id, port), channel.clone());
         Some(channel)
     }
 
+    /// A channel to the client port of `id`, for forwarding client calls.
+    pub fn channel(&self, id: NodeId) -> Option<Channel> {
+        self.connect(id, Port::Client)
+    }
+
+    /// The Raft transport of `id`, on its peer port.
     pub fn transport(&self, id: NodeId) -> Option<RaftTransportClient<Channel>> {
-        self.channel(id).map(|c| {
+        self.connect(id, Port::Peer).map(|c| {
             RaftTransportClient::new(c)
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -277,7 +310,7 @@ mod tests {
         GroupNetwork {
             partition: 0,
             target: 2,
-            peers: Arc::new(Peers::new(&[])),
+            peers: Arc::new(Peers::new(&[], None)),
         }
     }
 

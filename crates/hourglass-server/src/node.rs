@@ -1,11 +1,13 @@
-//! A running node: its host, its gRPC port and its HTTP port.
+//! A running node: its host, its client port, its peer port and its HTTP port.
 //!
-//! Besides the public services and the internal transport, the gRPC port serves the standard
+//! The peer port serves the internal Raft transport and nothing else; the client port never
+//! serves it. Besides the public services, the client port serves the standard
 //! `grpc.health.v1.Health` (a status per public service and `""` for the node: NOT_SERVING
 //! while starting and shutting down, SERVING in between) and server reflection
 //! (`grpc.reflection.v1` and `v1alpha`) of the public API only, so `grpcurl` and
 //! `grpc_health_probe` work without the proto files.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -16,10 +18,12 @@ use hourglass_proto::v1::workers_server::WorkersServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::admin::AdminService;
 use crate::config::NodeConfig;
@@ -28,12 +32,14 @@ use crate::host::Host;
 use crate::metrics::CountRequestsLayer;
 use crate::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::timers::TimersService;
+use crate::tls::{PeerAuth, Tls};
 use crate::transport::TransportService;
 use crate::workers::WorkersService;
 
 pub struct Node {
     host: Arc<Host>,
     grpc_addr: SocketAddr,
+    peer_addr: SocketAddr,
     health: HealthReporter,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -86,6 +92,53 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
+fn local_addr(listener: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketAddr> {
+    listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// A gRPC server with the node's connection settings and, when TLS is on, `tls`.
+fn server_builder(config: &NodeConfig, tls: Option<ServerTlsConfig>) -> Result<Server> {
+    let grpc = &config.grpc;
+    let ms = std::time::Duration::from_millis;
+    // Keepalive closes connections whose peer stopped answering (a SIGSTOPped or hung
+    // worker, a vanished host): their worker streams end and deliveries go to others.
+    let builder = Server::builder()
+        .http2_keepalive_interval(Some(ms(grpc.http2_keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(ms(grpc.http2_keepalive_timeout_ms)));
+    match tls {
+        Some(tls) => builder
+            .tls_config(tls)
+            .map_err(|e| Error::Config(format!("tls: {e}"))),
+        None => Ok(builder),
+    }
+}
+
+/// The connections `listener` accepts, with the node's socket options.
+fn incoming(listener: tokio::net::TcpListener, config: &NodeConfig) -> Result<TcpIncoming> {
+    let keepalive = std::time::Duration::from_millis(config.grpc.tcp_keepalive_ms);
+    // Socket options apply only through tonic's own incoming stream: the builder's
+    // `tcp_nodelay`/`tcp_keepalive` are ignored for a listener bound by us.
+    TcpIncoming::from_listener(listener, true, Some(keepalive))
+        .map_err(|e| Error::Internal(format!("grpc listener: {e}")))
+}
+
+/// Resolves once `stopped` turns true.
+async fn until(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+fn spawn_server(
+    server: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            error!(error = %e, "grpc server failed");
+        }
+    })
+}
+
 impl Node {
     /// Opens the data directory, serves the ports, and starts the Raft groups. Returns once the
     /// node has joined its cluster (a new node waits for its peers to answer).
@@ -93,23 +146,26 @@ impl Node {
         let config = config.validate()?;
         let host = Host::open(config.clone())?;
         let listener = bind(config.listen).await?;
-        let grpc_addr = listener.local_addr().map_err(|source| Error::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let grpc_addr = local_addr(&listener, config.listen)?;
+        let peer_listener = bind(config.peer_listen).await?;
+        let peer_addr = local_addr(&peer_listener, config.peer_listen)?;
+        let tls = host.peers.tls().cloned();
+        if tls.is_none() {
+            warn!(
+                client_port = %grpc_addr,
+                peer_port = %peer_addr,
+                "TLS IS OFF: both ports are plaintext and unauthenticated; whoever can reach the \
+                 peer port can forge Raft messages and corrupt or lose timers. For development \
+                 only: set [tls] (ca, cert, key; see docs/operations.md, \"Security\")"
+            );
+        }
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let (mut health, health_service) = tonic_health::server::health_reporter();
         set_health(&mut health, ServingStatus::NotServing).await;
         let (reflection_v1, reflection_v1alpha) = reflection()?;
 
-        let grpc = &config.grpc;
-        let ms = std::time::Duration::from_millis;
-        // Keepalive closes connections whose peer stopped answering (a SIGSTOPped or hung
-        // worker, a vanished host): their worker streams end and deliveries go to others.
-        let server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(ms(grpc.http2_keepalive_interval_ms)))
-            .http2_keepalive_timeout(Some(ms(grpc.http2_keepalive_timeout_ms)))
+        let client_server = server_builder(&config, tls.as_ref().map(Tls::client_server))?
             .layer(CountRequestsLayer::new(Arc::clone(&host.metrics)))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -120,30 +176,30 @@ impl Node {
             }))
             .add_service(WorkersServer::new(WorkersService {
                 host: Arc::clone(&host),
-            }))
-            .add_service(
+            }));
+        let peer_auth = PeerAuth {
+            tls: tls.is_some(),
+            members: config.node_ids(),
+            refused: host.metrics.peer_calls_refused.clone(),
+        };
+        let peer_server = server_builder(&config, tls.as_ref().map(Tls::peer_server))?.add_service(
+            InterceptedService::new(
                 RaftTransportServer::new(TransportService {
                     host: Arc::clone(&host),
                 })
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
-            );
-        // Socket options apply only through tonic's own incoming stream: the builder's
-        // `tcp_nodelay`/`tcp_keepalive` are ignored for a listener bound by us.
-        let incoming = TcpIncoming::from_listener(listener, true, Some(ms(grpc.tcp_keepalive_ms)))
-            .map_err(|e| Error::Internal(format!("grpc listener: {e}")))?;
-        let mut grpc_stop = stopped.clone();
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = grpc_stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = server
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-            {
-                error!(error = %e, "grpc server failed");
-            }
-        }));
+                peer_auth,
+            ),
+        );
+        tasks.push(spawn_server(client_server.serve_with_incoming_shutdown(
+            incoming(listener, &config)?,
+            until(stopped.clone()),
+        )));
+        tasks.push(spawn_server(peer_server.serve_with_incoming_shutdown(
+            incoming(peer_listener, &config)?,
+            until(stopped.clone()),
+        )));
 
         if let Some(http_addr) = config.http_listen {
             let listener = bind(http_addr).await?;
@@ -166,6 +222,7 @@ impl Node {
         let mut node = Node {
             host,
             grpc_addr,
+            peer_addr,
             health,
             stop,
             tasks,
@@ -175,12 +232,25 @@ impl Node {
             return Err(e);
         }
         set_health(&mut node.health, ServingStatus::Serving).await;
-        info!(node_id = config.node_id, grpc = %grpc_addr, http = ?config.http_listen, "node started");
+        info!(
+            node_id = config.node_id,
+            grpc = %grpc_addr,
+            peer = %peer_addr,
+            http = ?config.http_listen,
+            tls = tls.is_some(),
+            "node started"
+        );
         Ok(node)
     }
 
+    /// Where the client port listens.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// Where the peer port listens.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
     }
 
     pub fn node_id(&self) -> u64 {

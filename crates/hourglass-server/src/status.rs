@@ -50,6 +50,8 @@ pub fn code(e: &Error) -> Code {
             other => other,
         },
         Error::Stream(status) => status.code(),
+        Error::Unauthenticated(_) => Code::Unauthenticated,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::Storage(_)
         | Error::Config(_)
         | Error::Bind { .. }
@@ -79,6 +81,8 @@ pub fn reason(e: &Error) -> &'static str {
         Error::Rejoin(_) => "REJOIN_FAILED",
         Error::Forwarded { .. } => "FORWARD_FAILED",
         Error::Stream(_) => "STREAM_FAILED",
+        Error::Unauthenticated(_) => "UNAUTHENTICATED",
+        Error::PermissionDenied(_) => "PERMISSION_DENIED",
         Error::Storage(_) => "STORAGE",
         Error::Config(_) => "INVALID_CONFIG",
         Error::Bind { .. } => "BIND_FAILED",
@@ -230,6 +234,8 @@ mod tests {
                 timeout_ms: 10,
             },
             Error::Rejoin("x".into()),
+            Error::Unauthenticated("x".into()),
+            Error::PermissionDenied("x".into()),
             Error::Internal("x".into()),
             Error::Raft("x".into()),
         ];

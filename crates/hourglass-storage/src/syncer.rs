@@ -1,6 +1,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use hourglass_types::TypeConfig;
 use openraft::storage::LogFlushed;
@@ -38,7 +38,9 @@ impl LogSyncer {
     /// Starts the syncer thread; it ends when the last clone of the returned handle is dropped.
     pub fn start(store: &Store) -> Self {
         let (tx, rx) = mpsc::channel();
-        let db = Arc::clone(&store.db);
+        // Weak: the database closes with the last `Store`, on its owner's thread, never on this
+        // one at a moment nobody waits for (a process exiting meanwhile aborts in RocksDB).
+        let db = Arc::downgrade(&store.db);
         let stats = Arc::new(SyncStats::default());
         let counts = Arc::clone(&stats);
         std::thread::Builder::new()
@@ -61,11 +63,14 @@ impl LogSyncer {
     }
 }
 
-fn run(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, stats: &SyncStats) {
+fn run(db: Weak<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, stats: &SyncStats) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
-        let result = db.flush_wal(true);
+        let result = match db.upgrade() {
+            Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+            None => Err("the store is closed".to_owned()),
+        };
         if let Err(e) = &result {
             tracing::error!(error = %e, "wal sync failed");
         }
@@ -75,11 +80,7 @@ fn run(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, stats: &SyncStat
             .appends
             .fetch_add(waiting.len() as u64, Ordering::Relaxed);
         for callback in waiting {
-            callback.log_io_completed(
-                result
-                    .clone()
-                    .map_err(|e| std::io::Error::other(e.to_string())),
-            );
+            callback.log_io_completed(result.clone().map_err(std::io::Error::other));
         }
     }
 }

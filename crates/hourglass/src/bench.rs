@@ -179,11 +179,10 @@ async fn due_after_scheduling(
 pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
     // A load generator pushes the cluster to where commits take seconds: it keeps retrying
     // (schedules are idempotent) rather than give up after the default budget.
-    let retry = RetryPolicy {
+    let client = Arc::new(global.client_with(RetryPolicy {
         budget: Duration::from_secs(300),
         ..RetryPolicy::default()
-    };
-    let client = Arc::new(Client::with_retry(&global.endpoints, retry).map_err(usage)?);
+    })?);
     let run = format!("bench-{}-{}", std::process::id(), now_ms());
     match cmd {
         BenchCommand::Steady {

@@ -33,12 +33,46 @@ pub struct Global {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Talk TLS, trusting the nodes whose certificates this CA (PEM) signed.
+    #[arg(long, global = true, env = "HOURGLASS_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM, `hourglass cert client`) to present; needs --key and --ca.
+    #[arg(long, global = true, env = "HOURGLASS_CERT", requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, global = true, env = "HOURGLASS_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl Global {
+    /// A client of `--endpoints`, over TLS when `--ca` is given.
+    pub fn client(&self) -> Result<hourglass_client::Client, crate::Failure> {
+        self.client_with(hourglass_client::RetryPolicy::default())
+    }
+
+    /// A client of the endpoints (over TLS when `--ca` is given) that retries by `retry`.
+    pub fn client_with(
+        &self,
+        retry: hourglass_client::RetryPolicy,
+    ) -> Result<hourglass_client::Client, crate::Failure> {
+        let tls = match &self.ca {
+            Some(ca) => Some(
+                hourglass_client::Tls::from_files(
+                    ca,
+                    self.cert.as_deref().zip(self.key.as_deref()),
+                )
+                .map_err(crate::usage)?,
+            ),
+            None => None,
+        };
+        hourglass_client::Client::with_options(&self.endpoints, retry, tls).map_err(crate::usage)
+    }
 }
 
 #[derive(Subcommand)]
 pub enum Command {
     /// Run one node of a cluster.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a whole local cluster in this process (3 nodes on 127.0.0.1:7001-7003).
     Dev(DevArgs),
     /// Schedule, cancel and inspect timers.
@@ -53,6 +87,45 @@ pub enum Command {
     /// Load generator: measures fire lateness, burst delivery and memory per timer.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Create the cluster CA and certificates of nodes and clients (docs/operations.md,
+    /// "Security").
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+pub enum CertCommand {
+    /// Create the cluster CA: DIR/ca.crt and DIR/ca.key.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Create node ID's certificate (DIR/node-ID.crt, .key), signed by DIR's CA.
+    Node {
+        id: u64,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Names and IP addresses clients reach the node at (repeatable or comma-separated;
+        /// default localhost and 127.0.0.1).
+        #[arg(long, value_delimiter = ',')]
+        host: Vec<String>,
+    },
+    /// Create a client's certificate (DIR/client-NAME.crt, .key), signed by DIR's CA.
+    Client {
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+        /// The role the certificate carries (its OU).
+        #[arg(long, value_enum, default_value = "client")]
+        role: ClientRole,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ClientRole {
+    Admin,
+    Client,
+    Worker,
 }
 
 #[derive(Subcommand)]
@@ -147,13 +220,31 @@ pub struct ServeArgs {
     /// This node's id (positive integer) [key node_id, HOURGLASS_NODE_ID]
     #[arg(long)]
     pub node_id: Option<u64>,
-    /// gRPC listen address [key listen, HOURGLASS_LISTEN]
+    /// Client port (public gRPC services) listen address [key listen, HOURGLASS_LISTEN]
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Address peers and clients use to reach this node (defaults to --listen) [key advertise,
+    /// Address clients reach the client port at (defaults to --listen) [key advertise,
     /// HOURGLASS_ADVERTISE]
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Peer port (Raft transport between nodes only) listen address [key peer_listen,
+    /// HOURGLASS_PEER_LISTEN]
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
+    /// Address other nodes reach the peer port at (defaults to --peer-listen) [key
+    /// peer_advertise, HOURGLASS_PEER_ADVERTISE]
+    #[arg(long)]
+    pub peer_advertise: Option<String>,
+    /// The cluster CA's certificate (PEM) [key tls.ca, HOURGLASS_TLS__CA]
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM, from `hourglass cert node`) [key tls.cert,
+    /// HOURGLASS_TLS__CERT]
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM) [key tls.key, HOURGLASS_TLS__KEY]
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
     /// HTTP listen address for /healthz, /readyz and /metrics [key http_listen,
     /// HOURGLASS_HTTP_LISTEN]
     #[arg(long)]
@@ -161,7 +252,8 @@ pub struct ServeArgs {
     /// Data directory [key data_dir, HOURGLASS_DATA_DIR]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Every cluster node as ID=HOST:PORT, comma-separated [key peers, HOURGLASS_PEERS]
+    /// Every cluster node as ID=CLIENT_HOST:PORT/PEER_HOST:PORT, comma-separated [key peers,
+    /// HOURGLASS_PEERS]
     #[arg(long, value_delimiter = ',')]
     pub peers: Option<Vec<Peer>>,
     /// Partition count (fixed at cluster creation) [key partitions, HOURGLASS_PARTITIONS]
@@ -211,6 +303,21 @@ impl ServeArgs {
         if let Some(v) = &self.advertise {
             o.set("advertise", v)?;
         }
+        if let Some(v) = self.peer_listen {
+            o.set("peer_listen", v)?;
+        }
+        if let Some(v) = &self.peer_advertise {
+            o.set("peer_advertise", v)?;
+        }
+        if let Some(v) = &self.tls_ca {
+            o.set("tls.ca", v)?;
+        }
+        if let Some(v) = &self.tls_cert {
+            o.set("tls.cert", v)?;
+        }
+        if let Some(v) = &self.tls_key {
+            o.set("tls.key", v)?;
+        }
         if let Some(v) = self.http_listen {
             o.set("http_listen", v)?;
         }
@@ -256,7 +363,8 @@ pub struct DevArgs {
     /// Partition count.
     #[arg(long, default_value_t = 16)]
     pub partitions: u32,
-    /// Node i listens for gRPC on BASE+i and for HTTP on BASE+2000+i.
+    /// Node i listens for gRPC on BASE+i, for its peers on BASE+1000+i and for HTTP on
+    /// BASE+2000+i.
     #[arg(long, default_value_t = 7000)]
     pub base_port: u16,
 }

@@ -11,7 +11,7 @@ use crate::output::{timer_json, timer_text};
 use crate::{usage, Failure};
 
 fn client(global: &Global) -> Result<Client, Failure> {
-    Client::new(&global.endpoints).map_err(usage)
+    global.client()
 }
 
 fn print_json(v: &serde_json::Value) {

@@ -1,6 +1,7 @@
 //! `hourglass`: run a node (`serve`), a whole local cluster (`dev`), or talk to a cluster.
 
 mod bench;
+mod cert_cmd;
 mod cli;
 mod client_cmds;
 mod output;
@@ -49,12 +50,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => server_cmds::serve(args).await,
+            Command::Serve(args) => server_cmds::serve(*args).await,
             Command::Dev(args) => server_cmds::dev(args).await,
             Command::Timer(cmd) => client_cmds::timer(&cli.global, cmd).await,
             Command::Cluster(cmd) => client_cmds::cluster(&cli.global, cmd).await,
             Command::Worker(args) => worker_cmd::run(&cli.global, args).await,
             Command::Bench(cmd) => bench::run(&cli.global, cmd).await,
+            Command::Cert(cmd) => cert_cmd::run(cmd).map_err(Failure::from),
         }
     });
     match result {

@@ -74,6 +74,7 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
         return Err(crate::usage("--base-port must be between 1 and 60000"));
     }
     let grpc = |i: u32| args.base_port + i as u16;
+    let peer = |i: u32| args.base_port + 1000 + i as u16;
     let http = |i: u32| args.base_port + 2000 + i as u16;
     init_tracing();
     let (_temp, root): (Option<tempfile::TempDir>, PathBuf) = match args.data {
@@ -90,12 +91,16 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
         .map(|i| Peer {
             id: u64::from(i),
             address: format!("127.0.0.1:{}", grpc(i)),
+            peer_address: format!("127.0.0.1:{}", peer(i)),
         })
         .collect();
     let configs: Vec<NodeConfig> = (1..=args.nodes)
         .map(|i| NodeConfig {
             node_id: u64::from(i),
             listen: format!("127.0.0.1:{}", grpc(i))
+                .parse()
+                .expect("valid address"),
+            peer_listen: format!("127.0.0.1:{}", peer(i))
                 .parse()
                 .expect("valid address"),
             http_listen: Some(

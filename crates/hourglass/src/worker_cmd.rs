@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use anyhow::Context;
-use hourglass_client::{v1, Client, Worker, WorkerOptions};
+use hourglass_client::{v1, Worker, WorkerOptions};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -50,7 +50,7 @@ async fn run_command(cmd: &str, d: &v1::Delivery) -> anyhow::Result<bool> {
 
 pub async fn run(global: &Global, args: WorkerArgs) -> Result<(), Failure> {
     hourglass_types::validate_queue(&args.queue).map_err(|e| usage(format!("--queue: {e}")))?;
-    let client = Arc::new(Client::new(&global.endpoints).map_err(usage)?);
+    let client = Arc::new(global.client()?);
     let mut options = WorkerOptions::new(args.queue.clone());
     options.credits = args.credits;
     if let Some(id) = args.worker_id {

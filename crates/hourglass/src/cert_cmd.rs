@@ -1,0 +1,188 @@
+//! `hourglass cert`: the cluster CA and the certificates of nodes and clients (rcgen).
+//!
+//! Files in `--dir`: `ca.crt`/`ca.key`, `node-ID.crt`/`.key`, `client-NAME.crt`/`.key`; keys
+//! are written with mode 0600 and never overwritten. A node's certificate is valid for the
+//! DNS name `node-ID` (its identity: the peer port and dialing nodes check it, see
+//! hourglass-server's tls.rs) and for the `--host` names and addresses clients reach it at.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use hourglass_server::tls::node_name;
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+};
+
+use crate::cli::{CertCommand, ClientRole};
+
+const DAY: Duration = Duration::from_secs(86_400);
+/// The CA outlives the certificates it signs: rotating it means re-issuing every one.
+const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// Node and client certificates are rotated yearly (docs/operations.md, "Rotation").
+const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+
+pub fn run(cmd: CertCommand) -> anyhow::Result<()> {
+    match cmd {
+        CertCommand::Init { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let key = KeyPair::generate()?;
+            let cert = ca_params()?.self_signed(&key)?;
+            write_pair(&dir, "ca", &cert, &key)?;
+            println!("CA written to {}/ca.crt (key ca.key: keep it offline once the certificates are made)", dir.display());
+        }
+        CertCommand::Node { id, dir, host } => {
+            if id == 0 {
+                bail!("node ids are positive integers");
+            }
+            let (ca, ca_key) = load_ca(&dir)?;
+            let hosts = if host.is_empty() {
+                vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+            } else {
+                host
+            };
+            let mut names = vec![node_name(id)];
+            names.extend(hosts);
+            let mut params = leaf_params(names, &node_name(id))?;
+            // A node both serves (its ports) and dials (its peers).
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &ca, &ca_key)?;
+            write_pair(&dir, &node_name(id), &cert, &key)?;
+            println!(
+                "node {id}: {0}/{1}.crt and {0}/{1}.key",
+                dir.display(),
+                node_name(id)
+            );
+        }
+        CertCommand::Client { name, dir, role } => {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                bail!("client names are made of letters, digits, '.', '_' and '-'");
+            }
+            let (ca, ca_key) = load_ca(&dir)?;
+            // No SAN: a client certificate is valid for no name, so never for a node's.
+            let mut params = leaf_params(Vec::new(), &name)?;
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, role.as_str());
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &ca, &ca_key)?;
+            let file = format!("client-{name}");
+            write_pair(&dir, &file, &cert, &key)?;
+            println!(
+                "client {name} (role {}): {1}/{file}.crt and {1}/{file}.key",
+                role.as_str(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+impl ClientRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            ClientRole::Admin => "admin",
+            ClientRole::Client => "client",
+            ClientRole::Worker => "worker",
+        }
+    }
+}
+
+/// Sets a certificate's validity from a day ago (clocks differ) to `validity` from now.
+fn set_validity(params: &mut CertificateParams, validity: Duration) {
+    let now = rcgen::date_time_ymd(1970, 1, 1)
+        + SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+    params.not_before = now - DAY;
+    params.not_after = now + validity;
+}
+
+/// The CA's parameters. Signing rebuilds the CA certificate from these and its key: a
+/// certificate's issuer is the CA's name and key identifier (from its public key), so the
+/// rebuilt one signs exactly as the one on disk.
+fn ca_params() -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Hourglass cluster CA");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut params, CA_VALIDITY);
+    Ok(params)
+}
+
+fn leaf_params(names: Vec<String>, common_name: &str) -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::new(names)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    set_validity(&mut params, LEAF_VALIDITY);
+    Ok(params)
+}
+
+fn load_ca(dir: &Path) -> anyhow::Result<(Certificate, KeyPair)> {
+    let path = dir.join("ca.key");
+    let pem = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading the CA key {} (create the CA first: hourglass cert init --dir {})",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    let key =
+        KeyPair::from_pem(&pem).with_context(|| format!("{} is not a key", path.display()))?;
+    let cert = ca_params()?.self_signed(&key)?;
+    Ok((cert, key))
+}
+
+/// Writes `NAME.crt` and `NAME.key` (0600), refusing to replace either.
+fn write_pair(dir: &Path, name: &str, cert: &Certificate, key: &KeyPair) -> anyhow::Result<()> {
+    let crt = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    for path in [&crt, &key_path] {
+        if path.exists() {
+            bail!(
+                "{} exists: remove it first to issue a new one",
+                path.display()
+            );
+        }
+    }
+    write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(&crt, cert.pem().as_bytes(), 0o644)?;
+    Ok(())
+}
+
+fn write_new(path: &PathBuf, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
