@@ -64,16 +64,20 @@ class LocalCluster:
             )
         self.root = Path(tempfile.mkdtemp(prefix="hourglass-py-"))
         self.partitions = partitions
-        ports = [(free_port(), free_port()) for _ in range(nodes)]
-        peers = ", ".join(f'"{i + 1}=127.0.0.1:{g}"' for i, (g, _) in enumerate(ports))
+        # Each node: its client port, its peer (Raft transport) port and its HTTP port.
+        ports = [(free_port(), free_port(), free_port()) for _ in range(nodes)]
+        peers = ", ".join(
+            f'"{i + 1}=127.0.0.1:{g}/127.0.0.1:{p}"' for i, (g, p, _) in enumerate(ports)
+        )
         self.nodes: list[Node] = []
-        for i, (grpc_port, http_port) in enumerate(ports):
+        for i, (grpc_port, peer_port, http_port) in enumerate(ports):
             node_id = i + 1
             node_dir = self.root / f"node-{node_id}"
             node_dir.mkdir()
             config = self.root / f"node-{node_id}.toml"
             config.write_text(
                 f'node_id = {node_id}\nlisten = "127.0.0.1:{grpc_port}"\n'
+                f'peer_listen = "127.0.0.1:{peer_port}"\n'
                 f'http_listen = "127.0.0.1:{http_port}"\ndata_dir = "{node_dir / "data"}"\n'
                 f"peers = [{peers}]\npartitions = {partitions}\n"
                 f"replication_factor = {min(nodes, 3)}\n{extra_toml}\n"
