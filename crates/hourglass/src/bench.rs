@@ -311,13 +311,23 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             concurrency,
             batch,
             wait,
+            lead,
         } => {
             let wait = parse_duration("--wait", &wait)?;
+            let lead = lead.map(|l| parse_duration("--lead", &l)).transpose()?;
             let load = Load { concurrency, batch };
             let queue = run.clone();
             let pending_before = pending(&client).await?;
             let rss_before = rss_mib(&client).await?;
-            let (due, lead_ms) = due_after_scheduling(&client, &run, count, load, payload).await?;
+            // The probe's timers (due in an hour) stay pending throughout.
+            let probes = if lead.is_some() { 0 } else { 1_000.min(count) };
+            let (due, lead_ms) = match lead {
+                Some(lead) => {
+                    let lead_ms = u64::try_from(lead.as_millis()).unwrap_or(u64::MAX);
+                    (now_ms().saturating_add(lead_ms), lead_ms)
+                }
+                None => due_after_scheduling(&client, &run, count, load, payload).await?,
+            };
             eprintln!(
                 "bench: scheduling {count} timers of {payload} bytes, all due in {} s, no worker",
                 lead_ms / 1000
@@ -351,7 +361,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                 }
                 let left = pending(&client)
                     .await?
-                    .saturating_sub(pending_before + 1_000.min(count));
+                    .saturating_sub(pending_before + probes);
                 if left == 0 && now_ms() >= due {
                     let at = *fired_at.get_or_insert_with(Instant::now);
                     if at.elapsed() >= wait {
@@ -378,7 +388,8 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             let started = Instant::now();
             let mut seen = HashSet::new();
             // G7 per partition: first attempts come in fire order, which for timers due at one
-            // instant is timer id order (ids are zero-padded) within a workflow-ordered key.
+            // instant, all scheduled before it, is (workflow_id, timer_id) order. Later attempts
+            // (redeliveries, or a new leader's) are not ordered.
             let mut last_key: HashMap<u32, (String, String)> = HashMap::new();
             let mut out_of_order = 0u64;
             let mut redelivered = 0u64;

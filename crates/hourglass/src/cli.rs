@@ -169,6 +169,12 @@ pub enum BenchCommand {
         /// How long to watch memory after the last timer fired, before a worker subscribes.
         #[arg(long, default_value = "30s")]
         wait: String,
+        /// When the timers fall due, from the start of scheduling (default: estimated from
+        /// the rate of a 1,000-timer probe). Give more than scheduling takes: the memory is
+        /// measured from the end of scheduling, and the fire-order check assumes nothing fell
+        /// due before everything was scheduled.
+        #[arg(long)]
+        lead: Option<String>,
     },
     /// Far-future timers (a year out): scheduling throughput, then each node's memory.
     Fill {
