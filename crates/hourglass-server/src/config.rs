@@ -1595,6 +1595,54 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("grpc.http2_keepalive_timeout"), "{e}");
+        // The delivery window at the edges of what it accepts.
+        for (window, bytes, named) in [
+            (
+                0,
+                8 << 20,
+                "timers.delivery_window must be in 1..=1000000, got 0",
+            ),
+            (
+                1_000_001,
+                8 << 20,
+                "timers.delivery_window must be in 1..=1000000",
+            ),
+            (
+                1_000,
+                (1 << 20) - 1,
+                "timers.delivery_window_bytes must be in 1048576..=1073741824",
+            ),
+            (
+                1_000,
+                (1 << 30) + 1,
+                "timers.delivery_window_bytes must be in 1048576..=1073741824",
+            ),
+        ] {
+            let e = NodeConfig {
+                timers: TimersConfig {
+                    delivery_window: window,
+                    delivery_window_bytes: bytes,
+                    ..Default::default()
+                },
+                ..single.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(named), "{e}");
+        }
+        for (window, bytes) in [(1, 1 << 20), (1_000_000, 1 << 30)] {
+            NodeConfig {
+                timers: TimersConfig {
+                    delivery_window: window,
+                    delivery_window_bytes: bytes,
+                    ..Default::default()
+                },
+                ..single.clone()
+            }
+            .validate()
+            .unwrap();
+        }
         for tcp_keepalive_ms in [500, 32_768_000] {
             let e = NodeConfig {
                 grpc: GrpcConfig {

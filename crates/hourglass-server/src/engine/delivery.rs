@@ -79,6 +79,16 @@ impl<R: FiredIndex> DeliveryWindows<R> {
             })
     }
 
+    /// Moves `queue`'s cursor past `last`, the raw key of the last timer offered (if any).
+    fn advance(&mut self, queue: &str, last: Option<Vec<u8>>, caught_up: bool) {
+        let cursor = self.cursor(queue);
+        if let Some(mut raw) = last {
+            raw.push(0);
+            cursor.next = raw;
+        }
+        cursor.caught_up = caught_up;
+    }
+
     fn attempt(&self, record: &TimerRecord) -> u32 {
         if record.fire_seq.unwrap_or(0) <= self.started_after_seq {
             record.attempt.saturating_add(1)
@@ -125,12 +135,7 @@ impl<R: FiredIndex> DeliveryWindows<R> {
             let attempt = self.attempt(&record);
             out.push((record, attempt));
         }
-        let cursor = self.cursor(queue);
-        if let Some(mut raw) = next {
-            raw.push(0);
-            cursor.next = raw;
-        }
-        cursor.caught_up = caught_up;
+        self.advance(queue, next, caught_up);
         Ok(out)
     }
 
@@ -179,12 +184,7 @@ impl<R: FiredIndex> DeliveryWindows<R> {
                 let attempt = self.attempt(&record);
                 out.push((record, attempt));
             }
-            let cursor = self.cursor(&queue);
-            if let Some(mut raw) = next {
-                raw.push(0);
-                cursor.next = raw;
-            }
-            cursor.caught_up = all;
+            self.advance(&queue, next, all);
         }
         out
     }
