@@ -57,6 +57,8 @@ impl AdminService {
                     .map(|r| r.http_address.clone())
                     .unwrap_or_default(),
                 rss_bytes: report.as_ref().map(|r| r.rss_bytes).unwrap_or(0),
+                store_memory_bytes: report.as_ref().map(|r| r.store_memory_bytes).unwrap_or(0),
+                disk_bytes: report.as_ref().map(|r| r.disk_bytes).unwrap_or(0),
                 clock_offset_ms: report.as_ref().and_then(|r| {
                     crate::clock::own_offset_ms(r.clock_offsets.iter().map(|o| o.offset_ms))
                 }),

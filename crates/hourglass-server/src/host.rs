@@ -233,6 +233,7 @@ impl Host {
         // Only the groups hold the writer itself, so that it (and the database it uses) ends
         // when they shut down; the metrics keep its counters.
         self.metrics.count_wal(syncer.stats());
+        self.metrics.watch_store(&self.store);
         let mut groups = HashMap::new();
         for partition in meta.placement.partitions_of(self.node_id) {
             let network = GroupNetworkFactory {

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
-use hourglass_storage::SyncStats;
+use hourglass_storage::{Store, SyncStats, WeakStore};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
@@ -41,6 +41,9 @@ pub struct Metrics {
     pub deliveries_in_memory_max: IntGauge,
     /// The node's log writer, whose counters `/metrics` reports; set once it starts.
     wal: Arc<OnceLock<Arc<SyncStats>>>,
+    /// The node's RocksDB, whose memory and disk `/metrics` reports; set once it is open. Weak,
+    /// so that the database closes with the node, not with its metrics.
+    store: Arc<OnceLock<WeakStore>>,
     pub clock_offset: GaugeVec,
     pub clock_out_of_bounds: IntGauge,
     pub clock_probe_failures: IntCounter,
@@ -111,8 +114,12 @@ impl Metrics {
         let wal = Arc::new(OnceLock::new());
         r.register(Box::new(WalCounters::new(Arc::clone(&wal))))
             .expect("metric registered once");
+        let store = Arc::new(OnceLock::new());
+        r.register(Box::new(StoreGauges::new(Arc::clone(&store))))
+            .expect("metric registered once");
         Metrics {
             wal,
+            store,
             clock_offset,
             clock_out_of_bounds: gauge(
                 r,
@@ -238,6 +245,11 @@ impl Metrics {
         let _ = self.wal.set(stats);
     }
 
+    /// Reports the memory and disk of the node's RocksDB from now on.
+    pub fn watch_store(&self, store: &Store) {
+        let _ = self.store.set(store.downgrade());
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -294,6 +306,67 @@ impl Collector for WalCounters {
         }
         let mut families = self.fsyncs.collect();
         families.extend(self.appends.collect());
+        families
+    }
+}
+
+/// `store_memory_bytes{kind}` and `store_disk_bytes`: what RocksDB holds in memory (the part
+/// of the process's memory bounded by its budgets) and what the data directory holds on disk;
+/// read at each scrape.
+struct StoreGauges {
+    source: Arc<OnceLock<WeakStore>>,
+    memory: IntGaugeVec,
+    disk: IntGauge,
+}
+
+impl StoreGauges {
+    fn new(source: Arc<OnceLock<WeakStore>>) -> Self {
+        StoreGauges {
+            source,
+            memory: IntGaugeVec::new(
+                Opts::new(
+                    "store_memory_bytes",
+                    "Memory held by RocksDB, by kind: memtables, block_cache, table_readers.",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            disk: IntGauge::new(
+                "store_disk_bytes",
+                "Bytes of every file under the node's data directory (tables, write-ahead log, snapshots).",
+            )
+            .expect("valid metric"),
+        }
+    }
+}
+
+impl Collector for StoreGauges {
+    fn desc(&self) -> Vec<&Desc> {
+        self.memory
+            .desc()
+            .into_iter()
+            .chain(self.disk.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        if let Some(store) = self.source.get().and_then(WeakStore::upgrade) {
+            // A failed reading leaves the last value: a scrape never fails on it.
+            if let Ok(m) = store.memory() {
+                for (kind, bytes) in [
+                    ("memtables", m.memtables),
+                    ("block_cache", m.block_cache),
+                    ("table_readers", m.table_readers),
+                ] {
+                    self.memory.with_label_values(&[kind]).set(bytes as i64);
+                }
+            }
+            if let Ok(bytes) = store.disk_bytes() {
+                self.disk.set(bytes as i64);
+            }
+        }
+        let mut families = self.memory.collect();
+        families.extend(self.disk.collect());
         families
     }
 }

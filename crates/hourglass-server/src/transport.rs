@@ -135,6 +135,13 @@ impl RaftTransport for TransportService {
             });
         }
         partitions.sort_by_key(|p| p.partition);
+        let store = self.host.store.clone();
+        let (store_memory, disk_bytes) = tokio::task::spawn_blocking(move || {
+            Ok::<_, hourglass_storage::Error>((store.memory()?.total(), store.disk_bytes()?))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("store figures: {e}")))?
+        .map_err(Error::from)?;
         Ok(Response::new(LocalStatusResponse {
             node_id: self.host.node_id,
             http_address: self
@@ -158,6 +165,8 @@ impl RaftTransport for TransportService {
                 })
                 .collect(),
             clock_out_of_bounds: self.host.clock_out_of_bounds(),
+            store_memory_bytes: store_memory,
+            disk_bytes,
         }))
     }
 

@@ -18,5 +18,8 @@ mod syncer;
 pub use error::{Error, Result};
 pub use log_store::LogStore;
 pub use state_machine::{StateMachine, TimerEvent, TimerEvents};
-pub use store::{ClusterMeta, DueEntry, FiredEntry, PartitionState, Store, TombstoneEntry};
+pub use store::{
+    ClusterMeta, DueEntry, FiredEntry, PartitionState, Store, StoreMemory, TombstoneEntry,
+    WeakStore,
+};
 pub use syncer::{LogSyncer, SyncStats};

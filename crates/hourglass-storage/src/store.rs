@@ -65,10 +65,48 @@ pub struct PartitionState {
     pub high_water_ms: u64,
 }
 
+/// What the node's RocksDB holds in memory, in bytes (RocksDB's own estimates).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// Every memtable, flushed or not yet.
+    pub memtables: u64,
+    /// The shared block cache.
+    pub block_cache: u64,
+    /// Index and filter blocks of open table files, which live outside the cache.
+    pub table_readers: u64,
+}
+
+impl StoreMemory {
+    pub fn total(&self) -> u64 {
+        self.memtables + self.block_cache + self.table_readers
+    }
+}
+
+/// A [`Store`] that does not keep the database open: for observers (metrics) that must not
+/// outlive the node's own handles.
+#[derive(Clone)]
+pub struct WeakStore {
+    db: std::sync::Weak<DB>,
+    cache: rocksdb::Cache,
+    dir: PathBuf,
+}
+
+impl WeakStore {
+    /// The store, while anything else still has it open.
+    pub fn upgrade(&self) -> Option<Store> {
+        Some(Store {
+            db: self.db.upgrade()?,
+            cache: self.cache.clone(),
+            dir: self.dir.clone(),
+        })
+    }
+}
+
 /// The node's RocksDB. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: Arc<DB>,
+    cache: rocksdb::Cache,
     dir: PathBuf,
 }
 
@@ -100,6 +138,7 @@ impl Store {
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
         let store = Store {
             db: Arc::new(db),
+            cache,
             dir: dir.to_path_buf(),
         };
         store.upgrade_layout()?;
@@ -167,6 +206,54 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore {
+            db: Arc::downgrade(&self.db),
+            cache: self.cache.clone(),
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// RocksDB's memory, to tell it apart from the rest of the process's (G8 budgets).
+    pub fn memory(&self) -> Result<StoreMemory> {
+        let stats = rocksdb::perf::get_memory_usage_stats(Some(&[&self.db]), Some(&[&self.cache]))?;
+        Ok(StoreMemory {
+            memtables: stats.mem_table_total,
+            block_cache: stats.cache_total,
+            table_readers: stats.mem_table_readers_total,
+        })
+    }
+
+    /// Bytes of every file under the node's data directory: tables, write-ahead log, files
+    /// RocksDB has yet to delete, snapshots. What the operator's disk actually holds.
+    pub fn disk_bytes(&self) -> Result<u64> {
+        fn walk(dir: &Path) -> std::io::Result<u64> {
+            let mut total = 0;
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                // A file RocksDB or a snapshot removes while we walk is simply not counted.
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                total += if meta.is_dir() {
+                    match walk(&entry.path()) {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                        other => other?,
+                    }
+                } else {
+                    meta.len()
+                };
+            }
+            Ok(total)
+        }
+        walk(&self.dir).map_err(|source| Error::Io {
+            path: self.dir.clone(),
+            source,
+        })
     }
 
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
@@ -422,6 +509,42 @@ mod tests {
             attempt: 1,
             fire_seq: None,
         }
+    }
+
+    /// The figures follow what is written: the memtables hold unflushed writes, and the
+    /// disk holds them once flushed.
+    #[test]
+    fn memory_and_disk_follow_writes() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let empty_disk = store.disk_bytes().unwrap();
+        let empty_mem = store.memory().unwrap();
+        let cf = store.cf(keys::CF_TIMERS);
+        // Incompressible values, so the flushed tables are as large as what was written.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0u32..1000 {
+            let value: Vec<u8> = (0..8192)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            store.db.put_cf(cf, i.to_be_bytes(), value).unwrap();
+        }
+        let written = store.memory().unwrap();
+        assert!(
+            written.memtables >= empty_mem.memtables + 8 * 1000 * 1000,
+            "{empty_mem:?} -> {written:?}"
+        );
+        store.db.flush_cf(cf).unwrap();
+        let disk = store.disk_bytes().unwrap();
+        assert!(
+            disk >= empty_disk + 8 * 1000 * 1000,
+            "{empty_disk} -> {disk}"
+        );
+        assert!(store.memory().unwrap().total() > 0);
     }
 
     /// A store of layout 1 (fired index by timer id, records without a fire sequence) opens

@@ -43,14 +43,57 @@ fn request(workflow: String, timer: String, queue: &str, at_ms: u64) -> v1::Sche
     }
 }
 
-/// Each node's resident memory (MiB) by node id, as `cluster status` reports it.
-async fn rss_mib(client: &Client) -> Result<BTreeMap<u64, u64>, Failure> {
+/// Each node's resident memory and, of it, RocksDB's (MiB) by node id, as `cluster status`
+/// reports them.
+async fn memory_mib(client: &Client) -> Result<BTreeMap<u64, (u64, u64)>, Failure> {
     Ok(client
         .cluster_status()
         .await?
         .nodes
         .iter()
-        .map(|n| (n.node_id, n.rss_bytes >> 20))
+        .map(|n| (n.node_id, (n.rss_bytes >> 20, n.store_memory_bytes >> 20)))
+        .collect())
+}
+
+/// Each node's data directory (MiB) by node id.
+async fn disk_mib(client: &Client) -> Result<BTreeMap<u64, u64>, Failure> {
+    Ok(client
+        .cluster_status()
+        .await?
+        .nodes
+        .iter()
+        .map(|n| (n.node_id, n.disk_bytes >> 20))
+        .collect())
+}
+
+/// Per node, over the samples from `from_minute` on: the smallest and largest disk figure and
+/// the largest over the smallest (1.10 is 10 % apart). `null` where there are no samples.
+fn disk_spread(samples: &[(u64, BTreeMap<u64, u64>)], from_minute: u64) -> serde_json::Value {
+    let mut range: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for (_, nodes) in samples.iter().filter(|(m, _)| *m >= from_minute) {
+        for (&node, &mib) in nodes {
+            let r = range.entry(node).or_insert((mib, mib));
+            *r = (r.0.min(mib), r.1.max(mib));
+        }
+    }
+    range
+        .into_iter()
+        .map(|(node, (min, max))| {
+            (
+                node.to_string(),
+                json!({ "min_mib": min, "max_mib": max, "max_over_min": max as f64 / min.max(1) as f64 }),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// Each node's resident memory (MiB) by node id.
+async fn rss_mib(client: &Client) -> Result<BTreeMap<u64, u64>, Failure> {
+    Ok(memory_mib(client)
+        .await?
+        .into_iter()
+        .map(|(node, (rss, _))| (node, rss))
         .collect())
 }
 
@@ -189,6 +232,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             rate,
             duration,
             lead,
+            payload,
         } => {
             let duration = parse_duration("--duration", &duration)?;
             let lead = parse_duration("--lead", &lead)?;
@@ -210,6 +254,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             let producer = {
                 let client = Arc::clone(&client);
                 let (run, queue) = (run.clone(), queue.clone());
+                let payload = vec![b'x'; payload];
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_millis(10));
                     let per_tick = (rate / 100).max(1);
@@ -219,12 +264,15 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                         let due = now_ms() + lead.as_millis() as u64;
                         for _ in 0..per_tick.min(total - i) {
                             let client = Arc::clone(&client);
-                            let req = request(
-                                format!("{run}-w{}", i % 10_000),
-                                format!("t{i}"),
-                                &queue,
-                                due,
-                            );
+                            let req = v1::ScheduleRequest {
+                                payload: payload.clone(),
+                                ..request(
+                                    format!("{run}-w{}", i % 10_000),
+                                    format!("t{i}"),
+                                    &queue,
+                                    due,
+                                )
+                            };
                             tokio::spawn(async move { client.schedule(req).await });
                             i += 1;
                         }
@@ -234,8 +282,23 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             let mut lateness = Vec::with_capacity(total as usize);
             let mut end_to_end = Vec::with_capacity(total as usize);
             let mut seen = HashSet::new();
-            let deadline = Instant::now() + duration + lead + Duration::from_secs(60);
+            let started = Instant::now();
+            let deadline = started + duration + lead + Duration::from_secs(60);
+            // Each node's disk once a minute: under a steady load it must level off once the
+            // tombstone retention is reached (G8).
+            let mut disk_samples: Vec<(u64, BTreeMap<u64, u64>)> = Vec::new();
+            let mut next_sample = started;
             while (seen.len() as u64) < total && Instant::now() < deadline {
+                if Instant::now() >= next_sample {
+                    let minute = (next_sample - started).as_secs() / 60;
+                    let disk = disk_mib(&client).await?;
+                    eprintln!(
+                        "bench: minute {minute}: {} of {total} delivered; disk MiB by node {disk:?}",
+                        seen.len()
+                    );
+                    disk_samples.push((minute, disk));
+                    next_sample += Duration::from_secs(60);
+                }
                 let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(5), worker.next()).await
                 else {
                     continue;
@@ -251,10 +314,14 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             producer.abort();
             lateness.sort_unstable();
             end_to_end.sort_unstable();
+            disk_samples.push(((started.elapsed().as_secs() / 60), disk_mib(&client).await?));
             let result = json!({
                 "bench": "steady", "rate": rate, "timers": total, "delivered": seen.len(),
+                "payload_bytes": payload,
                 "lateness_ms": { "p50": pct(&lateness, 0.5), "p99": pct(&lateness, 0.99), "max": pct(&lateness, 1.0) },
                 "end_to_end_ms": { "p50": pct(&end_to_end, 0.5), "p99": pct(&end_to_end, 0.99), "max": pct(&end_to_end, 1.0) },
+                "disk_mib_by_minute": disk_samples.iter().map(|(m, d)| json!({ "minute": m, "nodes": d })).collect::<Vec<_>>(),
+                "disk_spread_from_minute_5": disk_spread(&disk_samples, 5),
             });
             report(global, &result);
         }
@@ -342,7 +409,11 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                 move |_| due,
             )
             .await?;
-            let rss_scheduled = rss_mib(&client).await?;
+            let memory_scheduled = memory_mib(&client).await?;
+            let rss_scheduled: BTreeMap<u64, u64> = memory_scheduled
+                .iter()
+                .map(|(&n, &(rss, _))| (n, rss))
+                .collect();
             // The memory they cost while they wait is measured from here; due earlier, some
             // fired while scheduling still ran and this is not their baseline.
             let scheduled_before_due = now_ms() < due;
@@ -351,13 +422,21 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             }
             // Watch memory while they fall due and fire, and for `wait` after the last fire.
             let mut rss_max = rss_scheduled.clone();
+            // RocksDB's memory when each node's RSS was at its highest.
+            let mut store_at_max: BTreeMap<u64, u64> = memory_scheduled
+                .iter()
+                .map(|(&n, &(_, store))| (n, store))
+                .collect();
             let mut fired_at = None;
             let mut last_report = Instant::now();
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                for (node, mib) in rss_mib(&client).await? {
+                for (node, (rss, store)) in memory_mib(&client).await? {
                     let max = rss_max.entry(node).or_default();
-                    *max = (*max).max(mib);
+                    if rss > *max {
+                        *max = rss;
+                        store_at_max.insert(node, store);
+                    }
                 }
                 let left = pending(&client)
                     .await?
@@ -421,13 +500,20 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                 .iter()
                 .map(|(node, before)| {
                     let max = rss_max.get(node).copied().unwrap_or(0);
+                    let (scheduled, store_scheduled) =
+                        memory_scheduled.get(node).copied().unwrap_or_default();
+                    let store_max = store_at_max.get(node).copied().unwrap_or(0);
+                    let growth = max.saturating_sub(scheduled);
                     json!({
                         "node_id": node,
                         "rss_mib_before": before,
-                        "rss_mib_scheduled": rss_scheduled.get(node),
+                        "rss_mib_scheduled": scheduled,
                         "rss_mib_max_while_firing_and_waiting": max,
                         "rss_mib_waiting": rss_waiting.get(node),
-                        "growth_mib_over_scheduled": max.saturating_sub(rss_scheduled.get(node).copied().unwrap_or(0)),
+                        "growth_mib_over_scheduled": growth,
+                        "store_mib_scheduled": store_scheduled,
+                        "store_mib_at_max": store_max,
+                        "growth_mib_outside_store": growth.saturating_sub(store_max.saturating_sub(store_scheduled)),
                     })
                 })
                 .collect();

@@ -141,6 +141,9 @@ pub enum BenchCommand {
         /// How far ahead of its scheduling each timer is due.
         #[arg(long, default_value = "3s")]
         lead: String,
+        /// Payload bytes per timer.
+        #[arg(long, default_value_t = 0)]
+        payload: usize,
     },
     /// Many timers due at the same instant: time until the last is delivered.
     Burst {

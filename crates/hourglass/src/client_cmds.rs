@@ -132,6 +132,7 @@ pub async fn cluster(global: &Global, cmd: ClusterCommand) -> Result<(), Failure
                     "nodes": s.nodes.iter().map(|n| json!({
                         "node_id": n.node_id, "address": n.address, "reachable": n.reachable,
                         "http_address": n.http_address, "rss_bytes": n.rss_bytes,
+                        "store_memory_bytes": n.store_memory_bytes, "disk_bytes": n.disk_bytes,
                         "clock_offset_ms": n.clock_offset_ms,
                         "clock_out_of_bounds": n.clock_out_of_bounds,
                     })).collect::<Vec<_>>(),
@@ -166,11 +167,13 @@ pub async fn cluster(global: &Global, cmd: ClusterCommand) -> Result<(), Failure
                     (None, _) => "clock ?".to_string(),
                 };
                 println!(
-                    "  node {:<3} {:<22} {:<12} leads {leads:<3} partitions  rss {} MiB  {clock}",
+                    "  node {:<3} {:<22} {:<12} leads {leads:<3} partitions  rss {} MiB (rocksdb {} MiB)  disk {} MiB  {clock}",
                     n.node_id,
                     n.address,
                     state,
-                    n.rss_bytes / (1024 * 1024)
+                    n.rss_bytes >> 20,
+                    n.store_memory_bytes >> 20,
+                    n.disk_bytes >> 20,
                 );
             }
             println!("  partition  leader  term  applied  pending  in-memory  replicas");
