@@ -6,18 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hourglass_storage::{ClusterMeta, LogStore, LogSyncer, StateMachine, TimerEvents};
-use hourglass_types::TypeConfig;
 use openraft::Raft;
 use tracing::{info, Instrument};
 
 use super::Host;
 use crate::error::{Error, Result};
+use crate::group::Group;
 use crate::network::GroupNetworkFactory;
 
 /// Schedule changes buffered per partition before a slow engine must reload its window.
 const EVENT_BUFFER: usize = 65_536;
-
-pub type Group = Raft<TypeConfig>;
 
 /// One partition replica on this node.
 #[derive(Clone)]

@@ -110,7 +110,7 @@ impl Host {
                         events: events.clone(),
                         dispatcher: Arc::clone(&self.dispatcher),
                         metrics: Arc::clone(&self.metrics),
-                        config: self.config.engine_config(),
+                        config: EngineConfig::from(&self.config),
                         clock: Arc::clone(&self.clock),
                         replicas: self.replicas(partition),
                         in_memory: Arc::clone(&in_memory),
