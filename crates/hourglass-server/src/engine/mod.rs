@@ -414,8 +414,8 @@ impl Engine {
     /// Offers what the windows of queues with a worker have room for, from the fired index.
     fn load_fired(&mut self) -> Result<(), String> {
         let now = self.core.now_ms();
-        for (queue, held) in self.dispatcher.demand(self.partition) {
-            let ready = self.windows.load(&queue, held, now)?;
+        for (queue, held) in self.dispatcher.demand(self.partition).iter() {
+            let ready = self.windows.load(queue, held, now)?;
             self.offer(ready);
         }
         Ok(())
