@@ -479,22 +479,6 @@ impl NodeConfig {
         Duration::from_millis(self.timers.ack_timeout_ms)
     }
 
-    pub(crate) fn engine_config(&self) -> crate::engine::EngineConfig {
-        crate::engine::EngineConfig {
-            window: Duration::from_millis(self.timers.window_ms),
-            max_timers_in_memory: self.timers.max_in_memory_per_partition,
-            batch: self.timers.batch,
-            delivery_window: crate::engine::delivery::WindowConfig {
-                timers: self.timers.delivery_window,
-                bytes: self.timers.delivery_window_bytes,
-            },
-            max_sleep: Duration::from_millis(500),
-            tombstone_retention: Duration::from_millis(self.timers.tombstone_retention_ms),
-            lose_fired_fraction: self.fault.lose_fired_fraction,
-            early_fire_ms: self.fault.early_fire_ms,
-        }
-    }
-
     /// Every node id of the cluster.
     pub fn node_ids(&self) -> BTreeSet<NodeId> {
         self.peers.iter().map(|p| p.id).collect()
@@ -1380,12 +1364,17 @@ mod tests {
     fn fault_injection_is_explicit_configuration() {
         let c = NodeConfig::default();
         assert!(!c.fault.is_active());
-        let e = c.engine_config();
-        assert_eq!((e.lose_fired_fraction, e.early_fire_ms), (0.0, 0));
+        assert_eq!(
+            (c.fault.lose_fired_fraction, c.fault.early_fire_ms),
+            (0.0, 0)
+        );
         let c = NodeConfig::from_toml("[fault]\nlose_fired_fraction = 0.05\nearly_fire = \"2s\"")
             .unwrap();
-        let e = c.engine_config();
-        assert_eq!((e.lose_fired_fraction, e.early_fire_ms), (0.05, 2_000));
+        assert!(c.fault.is_active());
+        assert_eq!(
+            (c.fault.lose_fired_fraction, c.fault.early_fire_ms),
+            (0.05, 2_000)
+        );
         assert!(c.to_toml().contains("[fault]"));
         let bad = NodeConfig {
             node_id: 1,

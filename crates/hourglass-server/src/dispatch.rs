@@ -77,6 +77,47 @@ pub struct Held {
     pub bytes: usize,
 }
 
+/// What the dispatcher holds of one partition's fired timers in every queue with a worker
+/// subscribed to this node: the only queues whose fired timers are worth loading.
+#[derive(Debug, Clone)]
+pub struct Demand {
+    /// In name order; shared with the dispatcher until the set of subscribed queues changes,
+    /// so that an engine's turn copies no queue name.
+    queues: Arc<[String]>,
+    /// `held[i]` is what is held of `queues[i]`.
+    held: Vec<Held>,
+}
+
+impl Demand {
+    /// What is held of `queue`, if it has a worker.
+    pub fn get(&self, queue: &str) -> Option<Held> {
+        self.queues
+            .binary_search_by(|q| q.as_str().cmp(queue))
+            .ok()
+            .map(|i| self.held[i])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Held)> {
+        self.queues
+            .iter()
+            .map(String::as_str)
+            .zip(self.held.iter().copied())
+    }
+}
+
+#[cfg(test)]
+impl FromIterator<(String, Held)> for Demand {
+    fn from_iter<I: IntoIterator<Item = (String, Held)>>(iter: I) -> Self {
+        let mut pairs: Vec<(String, Held)> = iter.into_iter().collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let (queues, held): (Vec<String>, Vec<Held>) = pairs.into_iter().unzip();
+        Demand {
+            queues: queues.into(),
+            held,
+        }
+    }
+}
+
 /// The engine of a partition this node leads.
 struct PartitionLink {
     /// Where acks of its timers go.
@@ -95,30 +136,50 @@ struct State {
     deadlines: BTreeMap<Deadline, TimerKey>,
     next_deadline: u64,
     /// What `inflight` holds per partition and queue, and in all.
-    held: HashMap<(u32, String), Held>,
+    held: HashMap<u32, HashMap<String, Held>>,
     total: Held,
+    /// The queues with a worker, in name order; rebuilt only when that set changes.
+    subscribed: Arc<[String]>,
     next_worker: WorkerId,
 }
 
 impl State {
     fn count(&mut self, partition: u32, record: &TimerRecord, add: bool) {
         let bytes = record.definition.payload.len();
-        let key = (partition, record.definition.queue.clone());
-        let held = self.held.entry(key.clone()).or_default();
+        let queue = &record.definition.queue;
+        let by_queue = self.held.entry(partition).or_default();
         if add {
+            let held = by_queue.entry(queue.clone()).or_default();
             held.timers += 1;
             held.bytes += bytes;
             self.total.timers += 1;
             self.total.bytes += bytes;
         } else {
+            let held = by_queue
+                .get_mut(queue)
+                .expect("a timer is counted when offered");
             held.timers -= 1;
             held.bytes -= bytes;
             self.total.timers -= 1;
             self.total.bytes -= bytes;
             if held.timers == 0 {
-                self.held.remove(&key);
+                by_queue.remove(queue);
+                if by_queue.is_empty() {
+                    self.held.remove(&partition);
+                }
             }
         }
+    }
+
+    fn refresh_subscribed(&mut self) {
+        let mut queues: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.workers.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        queues.sort_unstable();
+        self.subscribed = queues.into();
     }
 
     /// Takes a timer out of flight, with what it held.
@@ -259,27 +320,25 @@ impl Dispatcher {
     pub fn held(&self, partition: u32, queue: &str) -> Held {
         self.lock()
             .held
-            .get(&(partition, queue.to_owned()))
+            .get(&partition)
+            .and_then(|by_queue| by_queue.get(queue))
             .copied()
             .unwrap_or_default()
     }
 
-    /// What the dispatcher holds of `partition`'s fired timers of every queue with a worker
-    /// subscribed to this node: the only queues whose fired timers are worth loading.
-    pub fn demand(&self, partition: u32) -> HashMap<String, Held> {
+    /// What the dispatcher holds of `partition`'s fired timers, per queue with a worker.
+    /// Asked on every turn of every engine, so it copies no queue name.
+    pub fn demand(&self, partition: u32) -> Demand {
         let s = self.lock();
-        s.queues
-            .iter()
-            .filter(|(_, q)| !q.workers.is_empty())
-            .map(|(name, _)| {
-                let held = s
-                    .held
-                    .get(&(partition, name.clone()))
-                    .copied()
-                    .unwrap_or_default();
-                (name.clone(), held)
-            })
-            .collect()
+        let by_queue = s.held.get(&partition);
+        Demand {
+            held: s
+                .subscribed
+                .iter()
+                .map(|q| by_queue.and_then(|h| h.get(q)).copied().unwrap_or_default())
+                .collect(),
+            queues: Arc::clone(&s.subscribed),
+        }
     }
 
     /// Offers fired timers for delivery with the given attempt numbers.
@@ -335,11 +394,11 @@ impl Dispatcher {
                 unanswered_since: None,
             },
         );
-        s.queues
-            .entry(queue.to_owned())
-            .or_default()
-            .workers
-            .push(id);
+        let workers = &mut s.queues.entry(queue.to_owned()).or_default().workers;
+        workers.push(id);
+        if workers.len() == 1 {
+            s.refresh_subscribed();
+        }
         self.metrics.workers_connected.inc();
         pump(&mut s, queue, self.ack_timeout, &self.metrics, &self.now_ms);
         // The queue's fired timers may wait on disk for a worker: every engine looks.
@@ -459,6 +518,9 @@ fn remove_worker(s: &mut State, worker: WorkerId, metrics: &Metrics) -> Option<W
     metrics.workers_connected.dec();
     if let Some(q) = s.queues.get_mut(&w.queue) {
         q.workers.retain(|&id| id != worker);
+        if q.workers.is_empty() {
+            s.refresh_subscribed();
+        }
     }
     Some(w)
 }
@@ -684,18 +746,18 @@ mod tests {
         assert_eq!(d.held(1, "q").timers, 1);
         assert_eq!(metrics.deliveries_in_memory.get(), 4);
         assert_eq!(metrics.deliveries_in_memory_bytes.get(), 4000);
-        assert!(d.demand(0).is_empty(), "no worker, no demand");
+        assert_eq!(d.demand(0).iter().count(), 0, "no worker, no demand");
 
         let w = d.subscribe("q", 10);
         assert_eq!(
-            d.demand(0),
-            HashMap::from([(
-                "q".to_owned(),
+            d.demand(0).iter().collect::<Vec<_>>(),
+            [(
+                "q",
                 Held {
                     timers: 2,
                     bytes: 2000
                 }
-            )])
+            )]
         );
         // A new worker: every engine may have its fired timers on disk.
         assert_woken(&wake);
@@ -710,6 +772,45 @@ mod tests {
         assert_eq!(d.stats().deadlines, 1);
         assert_eq!(metrics.deliveries_in_memory.get(), 1);
         assert_eq!(metrics.deliveries_in_memory_max.get(), 4);
+    }
+
+    /// Every engine asks for the demand on every turn: the subscribed queues are one list,
+    /// rebuilt only when a queue gains its first worker or loses its last.
+    #[test]
+    fn demand_shares_the_subscribed_queues_until_they_change() {
+        let d = dispatcher(Duration::from_secs(30));
+        let (acks, _acked) = mpsc::unbounded_channel();
+        d.attach_partition(0, acks, Arc::default());
+        d.offer(0, [(record("t", "b"), 1)]);
+        let b = d.subscribe("b", 10).worker;
+        let a1 = d.subscribe("a", 10).worker;
+        let first = d.demand(0);
+        assert_eq!(
+            first.iter().collect::<Vec<_>>(),
+            [
+                ("a", Held::default()),
+                (
+                    "b",
+                    Held {
+                        timers: 1,
+                        bytes: 0
+                    }
+                )
+            ]
+        );
+        assert_eq!(first.get("b").map(|h| h.timers), Some(1));
+        assert_eq!(first.get("c"), None);
+        assert!(Arc::ptr_eq(&first.queues, &d.demand(1).queues));
+        // More workers of a queue, or fewer while one remains: the same list.
+        let a2 = d.subscribe("a", 10).worker;
+        d.unsubscribe(a1);
+        assert!(Arc::ptr_eq(&first.queues, &d.demand(0).queues));
+        d.unsubscribe(a2);
+        let now = d.demand(0);
+        assert_eq!(now.iter().map(|(q, _)| q).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(now.get("a"), None);
+        d.unsubscribe(b);
+        assert_eq!(d.demand(0).iter().count(), 0);
     }
 
     /// `notify_one` left a permit: the engine's next wait returns at once.

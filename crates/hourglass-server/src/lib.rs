@@ -13,6 +13,7 @@ mod convert;
 mod dispatch;
 mod engine;
 mod error;
+mod group;
 mod host;
 mod http;
 mod metrics;

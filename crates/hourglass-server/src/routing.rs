@@ -8,7 +8,8 @@ use hourglass_types::{Command, CommandResponse, NodeId};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
 use crate::error::{Error, Result};
-use crate::host::{Group, Host};
+use crate::group::Group;
+use crate::host::Host;
 
 /// Metadata key counting how often a request was forwarded between nodes.
 pub const HOPS: &str = "x-hourglass-hops";

@@ -14,7 +14,8 @@ use tonic::{Request, Response, Status};
 
 use crate::clock::TimeSource;
 use crate::error::Error;
-use crate::host::{Group, Host};
+use crate::group::Group;
+use crate::host::Host;
 
 pub struct TransportService {
     pub host: Arc<Host>,

@@ -206,14 +206,68 @@ pub fn fired_key_of(partition: u32, record: &TimerRecord) -> Vec<u8> {
 }
 
 /// The index entry a timer's record has in its state: a scheduled timer in `CF_DUE`, a fired
-/// one in `CF_FIRED`, a finished one in `CF_TOMBSTONES`.
-pub fn index_entry(partition: u32, record: &TimerRecord) -> Option<(&'static str, Vec<u8>)> {
-    match record.state {
-        TimerState::Scheduled => Some((CF_DUE, due_key(partition, record.fire_at_ms, &record.key))),
-        TimerState::Fired => Some((CF_FIRED, fired_key_of(partition, record))),
-        TimerState::Completed | TimerState::Cancelled => record
-            .finished_at_ms
-            .map(|at| (CF_TOMBSTONES, tombstone_key(partition, at, &record.key))),
+/// one in `CF_FIRED`, a finished one in `CF_TOMBSTONES`. It holds only the fields its key is
+/// made of, so the record's former place can be kept while the record changes, without its
+/// payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexEntry {
+    Due {
+        fire_at_ms: u64,
+    },
+    Fired {
+        queue: String,
+        fire_seq: u64,
+        fire_at_ms: u64,
+    },
+    Tombstone {
+        finished_at_ms: u64,
+    },
+}
+
+impl IndexEntry {
+    /// The entry of `record`; none for a finished timer without a finish time.
+    pub fn of(record: &TimerRecord) -> Option<Self> {
+        match record.state {
+            TimerState::Scheduled => Some(IndexEntry::Due {
+                fire_at_ms: record.fire_at_ms,
+            }),
+            // The same key as `fired_key_of`.
+            TimerState::Fired => Some(IndexEntry::Fired {
+                queue: record.definition.queue.clone(),
+                fire_seq: record.fire_seq.unwrap_or(0),
+                fire_at_ms: record.fire_at_ms,
+            }),
+            TimerState::Completed | TimerState::Cancelled => record
+                .finished_at_ms
+                .map(|finished_at_ms| IndexEntry::Tombstone { finished_at_ms }),
+        }
+    }
+
+    /// The column family and key of the entry of `key`'s timer in `partition`.
+    pub fn key(&self, partition: u32, key: &TimerKey) -> (&'static str, Vec<u8>) {
+        match self {
+            IndexEntry::Due { fire_at_ms } => (CF_DUE, due_key(partition, *fire_at_ms, key)),
+            IndexEntry::Fired {
+                queue,
+                fire_seq,
+                fire_at_ms,
+            } => (
+                CF_FIRED,
+                fired_key(partition, queue, *fire_seq, *fire_at_ms, key),
+            ),
+            IndexEntry::Tombstone { finished_at_ms } => (
+                CF_TOMBSTONES,
+                tombstone_key(partition, *finished_at_ms, key),
+            ),
+        }
+    }
+
+    /// The due instant of a scheduled timer's entry.
+    pub fn due_at(&self) -> Option<u64> {
+        match self {
+            IndexEntry::Due { fire_at_ms } => Some(*fire_at_ms),
+            _ => None,
+        }
     }
 }
 
@@ -333,6 +387,43 @@ mod tests {
             prop_assert_eq!(log_key(p, i).cmp(&log_key(q, j)), (p, i).cmp(&(q, j)));
             prop_assert_eq!(log_index_of(&log_key(p, i)), i);
         }
+    }
+
+    #[test]
+    fn a_records_index_entry_is_keyed_as_its_state_says() {
+        use hourglass_types::TimerDefinition;
+        let mut r = TimerRecord {
+            key: key("w", "t"),
+            definition: TimerDefinition {
+                queue: "q".into(),
+                fire_at_ms: Some(100),
+                delay_ms: None,
+                payload: vec![7; 16],
+            },
+            fire_at_ms: 100,
+            state: TimerState::Scheduled,
+            created_at_ms: 1,
+            fired_at_ms: None,
+            finished_at_ms: None,
+            attempt: 0,
+            fire_seq: None,
+        };
+        let entry = |r: &TimerRecord| IndexEntry::of(r).map(|e| e.key(3, &r.key));
+        assert_eq!(entry(&r), Some((CF_DUE, due_key(3, 100, &r.key))));
+        assert_eq!(IndexEntry::of(&r).and_then(|e| e.due_at()), Some(100));
+        r.state = TimerState::Fired;
+        for seq in [None, Some(9)] {
+            r.fire_seq = seq;
+            assert_eq!(entry(&r), Some((CF_FIRED, fired_key_of(3, &r))));
+        }
+        r.state = TimerState::Completed;
+        assert_eq!(entry(&r), None, "no finish time, no tombstone");
+        r.finished_at_ms = Some(150);
+        assert_eq!(
+            entry(&r),
+            Some((CF_TOMBSTONES, tombstone_key(3, 150, &r.key)))
+        );
+        assert_eq!(IndexEntry::of(&r).and_then(|e| e.due_at()), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use hourglass_storage::{keys, FiredEntry};
 use hourglass_types::TimerRecord;
 
-use crate::dispatch::Held;
+use crate::dispatch::{Demand, Held};
 
 /// Reads a partition's fired index.
 pub trait FiredIndex {
@@ -145,7 +145,7 @@ impl<R: FiredIndex> DeliveryWindows<R> {
     pub fn fired(
         &mut self,
         records: Vec<TimerRecord>,
-        demand: &HashMap<String, Held>,
+        demand: &Demand,
         now_ms: u64,
     ) -> Vec<Delivery> {
         let mut by_queue: BTreeMap<String, Vec<(Vec<u8>, TimerRecord)>> = BTreeMap::new();
@@ -158,7 +158,7 @@ impl<R: FiredIndex> DeliveryWindows<R> {
         }
         let mut out = Vec::new();
         for (queue, mut fired) in by_queue {
-            let Some(&held) = demand.get(&queue) else {
+            let Some(held) = demand.get(&queue) else {
                 // No worker: the window is not kept up; it starts over from its cursor.
                 if let Some(cursor) = self.cursors.get_mut(&queue) {
                     cursor.caught_up = false;
@@ -311,7 +311,7 @@ mod tests {
     fn fires_join_a_caught_up_window_and_wait_on_disk_otherwise() {
         let index = Index::default();
         let mut w = windows(&index, 3, 1_000, 0);
-        let demand = |timers| HashMap::from([("q".to_owned(), held(timers, 0))]);
+        let demand = |timers| Demand::from_iter([("q".to_owned(), held(timers, 0))]);
         // Nothing loaded yet: not caught up, so the fire waits on disk.
         let first = index.fire(1, "a", "q", 0);
         assert!(w.fired(vec![first], &demand(0), NOW).is_empty());
@@ -338,7 +338,7 @@ mod tests {
         assert!(w.load("q", held(0, 0), NOW).unwrap().is_empty());
         // A queue without a worker gets nothing in memory, and its window starts over.
         let e = index.fire(3, "e", "q", 0);
-        assert!(w.fired(vec![e], &HashMap::new(), NOW).is_empty());
+        assert!(w.fired(vec![e], &Demand::from_iter([]), NOW).is_empty());
         let f = index.fire(4, "f", "q", 0);
         assert!(w.fired(vec![f], &demand(0), NOW).is_empty());
         assert_eq!(
@@ -410,7 +410,7 @@ mod tests {
                             let queue = if is_q { "q" } else { "r" };
                             fired.push(index.fire(seq, &format!("t{n:04}"), queue, 1));
                         }
-                        let demand = HashMap::from([("q".to_owned(), held(held_q.len(), held_q.len()))]);
+                        let demand = Demand::from_iter([("q".to_owned(), held(held_q.len(), held_q.len()))]);
                         let out = w.fired(fired, &demand, NOW);
                         take(out, &mut held_q, &mut offered)?;
                     }

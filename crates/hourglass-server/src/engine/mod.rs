@@ -26,8 +26,9 @@ use self::delivery::{Delivery, DeliveryWindows, FiredIndex, WindowConfig};
 use self::expiry::{Expiry, TombstoneIndex};
 use crate::clock::TimeSource;
 use crate::clock_probe::NodeClock;
+use crate::config::NodeConfig;
 use crate::dispatch::Dispatcher;
-use crate::host::Group;
+use crate::group::Group;
 use crate::metrics::Metrics;
 
 /// Engine settings, from the node configuration.
@@ -51,6 +52,25 @@ pub struct EngineConfig {
     /// Fault injection for the chaos harness (`fault.early_fire`): the engine
     /// acts as if cluster time were this much later, so timers fire early. Always 0 otherwise.
     pub early_fire_ms: u64,
+}
+
+impl From<&NodeConfig> for EngineConfig {
+    fn from(config: &NodeConfig) -> Self {
+        let timers = &config.timers;
+        EngineConfig {
+            window: Duration::from_millis(timers.window_ms),
+            max_timers_in_memory: timers.max_in_memory_per_partition,
+            batch: timers.batch,
+            delivery_window: WindowConfig {
+                timers: timers.delivery_window,
+                bytes: timers.delivery_window_bytes,
+            },
+            max_sleep: Duration::from_millis(500),
+            tombstone_retention: Duration::from_millis(timers.tombstone_retention_ms),
+            lose_fired_fraction: config.fault.lose_fired_fraction,
+            early_fire_ms: config.fault.early_fire_ms,
+        }
+    }
 }
 
 /// How often the leader starts a sweep of tombstones past retention. A sweep expires its whole
@@ -394,8 +414,8 @@ impl Engine {
     /// Offers what the windows of queues with a worker have room for, from the fired index.
     fn load_fired(&mut self) -> Result<(), String> {
         let now = self.core.now_ms();
-        for (queue, held) in self.dispatcher.demand(self.partition) {
-            let ready = self.windows.load(&queue, held, now)?;
+        for (queue, held) in self.dispatcher.demand(self.partition).iter() {
+            let ready = self.windows.load(queue, held, now)?;
             self.offer(ready);
         }
         Ok(())
@@ -542,5 +562,29 @@ async fn complete_acks(
             // They stay FIRED: the next leader delivers them again, a duplicate after a fault (G5).
             warn!(partition, count, error = %e, "acks not committed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_settings_come_from_the_timers_and_fault_keys() {
+        let c = NodeConfig::from_toml(
+            "[timers]\nwindow = \"2m\"\nmax_in_memory_per_partition = 500\nbatch = 7\n\
+             delivery_window = 30\ndelivery_window_bytes = 4096\ntombstone_retention = \"1h\"\n\
+             [fault]\nlose_fired_fraction = 0.25\nearly_fire = \"3s\"",
+        )
+        .unwrap();
+        let e = EngineConfig::from(&c);
+        assert_eq!(e.window, Duration::from_secs(120));
+        assert_eq!((e.max_timers_in_memory, e.batch), (500, 7));
+        assert_eq!(
+            (e.delivery_window.timers, e.delivery_window.bytes),
+            (30, 4096)
+        );
+        assert_eq!(e.tombstone_retention, Duration::from_secs(3600));
+        assert_eq!((e.lose_fired_fraction, e.early_fire_ms), (0.25, 3_000));
     }
 }

@@ -1,16 +1,22 @@
 //! What a command does to a partition's timers, without storage: a pure function from the
 //! timers it reads to the changes it makes and the answer it gives.
 //!
-//! A change is a timer's record before and after the command. Everything else follows from
-//! the records and is written by the caller: each record's place in the indexes (a scheduled
-//! timer in the due index, a fired one in the fired index, a finished one among the
-//! tombstones), the count of scheduled timers, and the events for the leader's engine.
+//! A change is a timer's place in the indexes before the command and its record after.
+//! Everything else follows from them and is written by the caller: the record, its place in
+//! the indexes (a scheduled timer in the due index, a fired one in the fired index, a finished
+//! one among the tombstones), the count of scheduled timers, and the events for the leader's
+//! engine.
+//!
+//! A `Fire` of a thousand timers with large payloads holds a lot: each record is read once and
+//! moved into its change, and copied only into the response, which needs its own.
 
 use std::collections::HashMap;
 
 use hourglass_types::{
     Command, CommandResponse, TimerDefinition, TimerKey, TimerRecord, TimerState,
 };
+
+use crate::keys::IndexEntry;
 
 /// The partition state a command reads.
 pub(crate) trait PartitionView {
@@ -20,11 +26,12 @@ pub(crate) trait PartitionView {
     fn high_water_ms(&self) -> Result<u64, Self::Error>;
 }
 
-/// One timer's record before and after a command (`None`: absent).
+/// One timer's index entry before a command and its record after (`None`: absent, or for
+/// `before` also a record without an index entry).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Change {
     pub key: TimerKey,
-    pub before: Option<TimerRecord>,
+    pub before: Option<IndexEntry>,
     pub after: Option<TimerRecord>,
 }
 
@@ -69,17 +76,21 @@ pub(crate) fn apply<V: PartitionView>(
             received_at_ms,
         } => match changes.get(&key)? {
             None => CommandResponse::NotFound,
-            Some(mut record) => match record.state {
+            Some(record) => match record.state {
                 TimerState::Scheduled => {
+                    let record = changes.edit(&key);
                     record.state = TimerState::Cancelled;
                     record.finished_at_ms = Some(received_at_ms);
-                    changes.set(key, Some(record.clone()));
-                    CommandResponse::Cancelled { timer: record }
+                    CommandResponse::Cancelled {
+                        timer: record.clone(),
+                    }
                 }
-                TimerState::Cancelled => CommandResponse::Cancelled { timer: record },
-                TimerState::Fired | TimerState::Completed => {
-                    CommandResponse::AlreadyFired { timer: record }
-                }
+                TimerState::Cancelled => CommandResponse::Cancelled {
+                    timer: record.clone(),
+                },
+                TimerState::Fired | TimerState::Completed => CommandResponse::AlreadyFired {
+                    timer: record.clone(),
+                },
             },
         },
         Command::Fire {
@@ -96,7 +107,7 @@ pub(crate) fn apply<V: PartitionView>(
             let mut fired = Vec::new();
             let mut not_due = Vec::new();
             for key in dedup(timers) {
-                let Some(mut record) = changes.get(&key)? else {
+                let Some(record) = changes.get(&key)? else {
                     continue;
                 };
                 if record.state != TimerState::Scheduled {
@@ -106,12 +117,12 @@ pub(crate) fn apply<V: PartitionView>(
                     not_due.push((key, record.fire_at_ms));
                     continue;
                 }
+                let record = changes.edit(&key);
                 record.state = TimerState::Fired;
                 record.fired_at_ms = Some(now);
                 record.attempt = 1;
                 record.fire_seq = Some(index);
-                changes.set(key, Some(record.clone()));
-                fired.push(record);
+                fired.push(record.clone());
             }
             CommandResponse::Fired {
                 timers: fired,
@@ -124,15 +135,12 @@ pub(crate) fn apply<V: PartitionView>(
         } => {
             let mut count = 0;
             for key in dedup(timers) {
-                let Some(mut record) = changes.get(&key)? else {
-                    continue;
-                };
-                if record.state != TimerState::Fired {
+                if changes.get(&key)?.map(|r| r.state) != Some(TimerState::Fired) {
                     continue;
                 }
+                let record = changes.edit(&key);
                 record.state = TimerState::Completed;
                 record.finished_at_ms = Some(completed_at_ms);
-                changes.set(key, Some(record));
                 count += 1;
             }
             CommandResponse::Completed { count }
@@ -145,7 +153,7 @@ pub(crate) fn apply<V: PartitionView>(
                 };
                 let finished = record.finished_at_ms.filter(|_| record.state.is_terminal());
                 if finished.is_some_and(|f| f < before_ms) {
-                    changes.set(key, None);
+                    changes.set(&key, None);
                     count += 1;
                 }
             }
@@ -168,6 +176,7 @@ fn schedule<V: PartitionView>(
     received_at_ms: u64,
 ) -> Result<CommandResponse, V::Error> {
     if let Some(existing) = changes.get(&key)? {
+        let existing = existing.clone();
         return Ok(if existing.definition == definition {
             CommandResponse::Scheduled {
                 timer: existing,
@@ -188,7 +197,7 @@ fn schedule<V: PartitionView>(
         attempt: 0,
         fire_seq: None,
     };
-    changes.set(key, Some(record.clone()));
+    changes.set(&key, Some(record.clone()));
     Ok(CommandResponse::Scheduled {
         timer: record,
         created: true,
@@ -206,51 +215,70 @@ fn dedup(mut keys: Vec<TimerKey>) -> Vec<TimerKey> {
 /// record, not the stored one.
 struct Changes<'a, V> {
     view: &'a V,
-    /// Keys in the order they were first read.
-    order: Vec<TimerKey>,
-    /// Every key read, with its stored record and its record now.
-    by_key: HashMap<TimerKey, Change>,
+    /// Every timer read, in the order first read, and whether the command changed it.
+    read: Vec<(Change, bool)>,
+    /// Where each timer read is in `read`.
+    at: HashMap<TimerKey, usize>,
 }
 
 impl<'a, V: PartitionView> Changes<'a, V> {
     fn new(view: &'a V) -> Self {
         Changes {
             view,
-            order: Vec::new(),
-            by_key: HashMap::new(),
+            read: Vec::new(),
+            at: HashMap::new(),
         }
     }
 
-    fn get(&mut self, key: &TimerKey) -> Result<Option<TimerRecord>, V::Error> {
-        if let Some(change) = self.by_key.get(key) {
-            return Ok(change.after.clone());
-        }
-        let stored = self.view.timer(key)?;
-        self.order.push(key.clone());
-        self.by_key.insert(
-            key.clone(),
-            Change {
-                key: key.clone(),
-                before: stored.clone(),
-                after: stored.clone(),
-            },
-        );
-        Ok(stored)
+    /// The timer's record as the command left it so far.
+    fn get(&mut self, key: &TimerKey) -> Result<Option<&TimerRecord>, V::Error> {
+        let i = match self.at.get(key) {
+            Some(&i) => i,
+            None => {
+                let stored = self.view.timer(key)?;
+                let i = self.read.len();
+                self.read.push((
+                    Change {
+                        key: key.clone(),
+                        before: stored.as_ref().and_then(IndexEntry::of),
+                        after: stored,
+                    },
+                    false,
+                ));
+                self.at.insert(key.clone(), i);
+                i
+            }
+        };
+        Ok(self.read[i].0.after.as_ref())
     }
 
-    /// Sets the record of a key read before.
-    fn set(&mut self, key: TimerKey, after: Option<TimerRecord>) {
-        self.by_key
-            .get_mut(&key)
-            .expect("a timer is read before it is changed")
-            .after = after;
+    /// The changed record of a key read before.
+    fn slot(&mut self, key: &TimerKey) -> &mut Option<TimerRecord> {
+        let i = *self
+            .at
+            .get(key)
+            .expect("a timer is read before it is changed");
+        let (change, changed) = &mut self.read[i];
+        *changed = true;
+        &mut change.after
     }
 
-    fn into_changes(mut self) -> Vec<Change> {
-        self.order
-            .iter()
-            .filter_map(|k| self.by_key.remove(k))
-            .filter(|c| c.before != c.after)
+    /// Changes in place the record of a timer read before and found.
+    fn edit(&mut self, key: &TimerKey) -> &mut TimerRecord {
+        self.slot(key)
+            .as_mut()
+            .expect("a timer is found before it is edited")
+    }
+
+    /// Replaces the record of a timer read before.
+    fn set(&mut self, key: &TimerKey, after: Option<TimerRecord>) {
+        *self.slot(key) = after;
+    }
+
+    fn into_changes(self) -> Vec<Change> {
+        self.read
+            .into_iter()
+            .filter_map(|(change, changed)| changed.then_some(change))
             .collect()
     }
 }
@@ -258,6 +286,7 @@ impl<'a, V: PartitionView> Changes<'a, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
     use std::collections::BTreeMap;
 
     /// A partition held in a map.
@@ -265,12 +294,20 @@ mod tests {
     struct Partition {
         timers: BTreeMap<TimerKey, TimerRecord>,
         high_water_ms: u64,
+        /// Where the payload of each record read is, to tell it from a copy.
+        payloads_read: RefCell<Vec<*const u8>>,
     }
 
     impl PartitionView for Partition {
         type Error = std::convert::Infallible;
         fn timer(&self, key: &TimerKey) -> Result<Option<TimerRecord>, Self::Error> {
-            Ok(self.timers.get(key).cloned())
+            let record = self.timers.get(key).cloned();
+            if let Some(r) = &record {
+                self.payloads_read
+                    .borrow_mut()
+                    .push(r.definition.payload.as_ptr());
+            }
+            Ok(record)
         }
         fn high_water_ms(&self) -> Result<u64, Self::Error> {
             Ok(self.high_water_ms)
@@ -474,5 +511,46 @@ mod tests {
         assert_eq!(state(&p, "c"), None);
         assert_eq!(state(&p, "f"), Some(TimerState::Completed));
         assert_eq!(e.changes[0].after, None);
+    }
+
+    #[test]
+    fn a_fire_keeps_no_copy_of_a_payload_but_the_answers() {
+        let mut p = Partition::default();
+        for id in ["a", "b"] {
+            p.run(
+                1,
+                Command::Schedule {
+                    key: key(id),
+                    definition: TimerDefinition {
+                        payload: vec![7; 64 * 1024],
+                        ..at(5)
+                    },
+                    received_at_ms: 1,
+                },
+            );
+        }
+        let e = apply(
+            &p,
+            2,
+            Command::Fire {
+                timers: vec![key("a"), key("b")],
+                fired_at_ms: 10,
+            },
+        )
+        .unwrap();
+        let CommandResponse::Fired { timers, .. } = &e.response else {
+            panic!("{:?}", e.response)
+        };
+        assert_eq!(e.changes.len(), 2);
+        let read = p.payloads_read.borrow();
+        for (change, fired) in e.changes.iter().zip(timers) {
+            // Before: only where the timer was indexed, no payload.
+            assert_eq!(change.before, Some(IndexEntry::Due { fire_at_ms: 5 }));
+            let after = change.after.as_ref().expect("fired, not removed");
+            assert_eq!(after, fired);
+            // After: the record read, moved rather than copied.
+            assert!(read.contains(&after.definition.payload.as_ptr()));
+            assert!(!read.contains(&fired.definition.payload.as_ptr()));
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use hourglass_types::{CommandResponse, NodeId, TimerKey, TimerRecord, TimerState, TypeConfig};
+use hourglass_types::{CommandResponse, NodeId, TimerKey, TimerRecord, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, StorageError, StorageIOError,
@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::keys;
+use crate::keys::{self, IndexEntry};
 use crate::store::Store;
 
 mod commands;
@@ -122,28 +122,25 @@ impl StateMachine {
         let timers_cf = self.store.cf(keys::CF_TIMERS);
         let mut pending = 0i64;
         for Change { key, before, after } in effects.changes {
-            if let Some((cf, k)) = before.as_ref().and_then(|r| keys::index_entry(p, r)) {
+            if let Some(entry) = &before {
+                let (cf, k) = entry.key(p, &key);
                 batch.delete_cf(self.store.cf(cf), k);
             }
+            let now = after.as_ref().and_then(IndexEntry::of);
             match &after {
-                Some(record) => {
-                    batch.put_cf(
-                        timers_cf,
-                        keys::timer_key(p, &key),
-                        codec::encode_timer(record),
-                    );
-                    if let Some((cf, k)) = keys::index_entry(p, record) {
-                        batch.put_cf(self.store.cf(cf), k, []);
-                    }
-                }
+                Some(record) => batch.put_cf(
+                    timers_cf,
+                    keys::timer_key(p, &key),
+                    codec::encode_timer(record),
+                ),
                 None => batch.delete_cf(timers_cf, keys::timer_key(p, &key)),
             }
-            let scheduled = |r: &Option<TimerRecord>| {
-                r.as_ref()
-                    .filter(|r| r.state == TimerState::Scheduled)
-                    .map(|r| r.fire_at_ms)
-            };
-            match (scheduled(&before), scheduled(&after)) {
+            if let Some(entry) = &now {
+                let (cf, k) = entry.key(p, &key);
+                batch.put_cf(self.store.cf(cf), k, []);
+            }
+            let due_at = |e: &Option<IndexEntry>| e.as_ref().and_then(IndexEntry::due_at);
+            match (due_at(&before), due_at(&now)) {
                 (None, Some(fire_at_ms)) => {
                     pending += 1;
                     events.push(TimerEvent::Scheduled { key, fire_at_ms });
