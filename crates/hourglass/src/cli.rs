@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use hourglass_server::auth::Role;
 use hourglass_server::config::Overrides;
 use hourglass_server::Peer;
 
@@ -91,6 +92,27 @@ pub enum Command {
     /// "Security").
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Create bearer tokens for clients and workers (docs/operations.md, "Security").
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Print a new secret token (shown once) and the entry to add to every node's
+    /// auth.tokens_file.
+    New {
+        /// Who the token is for (shown in refusals and logs; several tokens may share it).
+        name: String,
+        #[arg(long, value_enum, default_value = "client")]
+        role: ClientRole,
+        /// For --role client: a workflow id prefix it may touch (repeatable; none: all).
+        #[arg(long = "prefix")]
+        prefixes: Vec<String>,
+        /// For --role worker: a queue it may subscribe to (repeatable; none: all).
+        #[arg(long = "queue")]
+        queues: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -126,6 +148,16 @@ pub enum ClientRole {
     Admin,
     Client,
     Worker,
+}
+
+impl From<ClientRole> for Role {
+    fn from(role: ClientRole) -> Role {
+        match role {
+            ClientRole::Admin => Role::Admin,
+            ClientRole::Client => Role::Client,
+            ClientRole::Worker => Role::Worker,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -251,6 +283,10 @@ pub struct ServeArgs {
     /// This node's private key (PEM) [key tls.key, HOURGLASS_TLS__KEY]
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// Bearer tokens accepted on the client port (TOML, `hourglass token new`) [key
+    /// auth.tokens_file, HOURGLASS_AUTH__TOKENS_FILE]
+    #[arg(long)]
+    pub auth_tokens_file: Option<PathBuf>,
     /// HTTP listen address for /healthz, /readyz and /metrics [key http_listen,
     /// HOURGLASS_HTTP_LISTEN]
     #[arg(long)]
@@ -323,6 +359,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.tls_key {
             o.set("tls.key", v)?;
+        }
+        if let Some(v) = &self.auth_tokens_file {
+            o.set("auth.tokens_file", v)?;
         }
         if let Some(v) = self.http_listen {
             o.set("http_listen", v)?;
