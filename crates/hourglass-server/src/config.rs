@@ -40,6 +40,9 @@ pub const NON_CONFIG_ENV: &[&str] = &[
     "HOURGLASS_CA",
     "HOURGLASS_CERT",
     "HOURGLASS_KEY",
+    // The client commands' bearer token (--token, --token-file).
+    "HOURGLASS_TOKEN",
+    "HOURGLASS_TOKEN_FILE",
     "HOURGLASS_BIN",
     "HOURGLASS_CLUSTER_DIR",
     "HOURGLASS_BASE_PORT",

@@ -43,6 +43,20 @@ pub struct Global {
     /// The client certificate's key (PEM).
     #[arg(long, global = true, env = "HOURGLASS_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Bearer token (`hourglass token new`) to authenticate with; needs --ca, as a token must
+    /// not travel in the clear. Prefer --token-file: a flag shows in the process list.
+    #[arg(
+        long,
+        global = true,
+        env = "HOURGLASS_TOKEN",
+        hide_env_values = true,
+        requires = "ca",
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// File holding the bearer token (its first line); needs --ca.
+    #[arg(long, global = true, env = "HOURGLASS_TOKEN_FILE", requires = "ca")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Global {
@@ -57,16 +71,38 @@ impl Global {
         retry: hourglass_client::RetryPolicy,
     ) -> Result<hourglass_client::Client, crate::Failure> {
         let tls = match &self.ca {
-            Some(ca) => Some(
-                hourglass_client::Tls::from_files(
+            Some(ca) => {
+                let tls = hourglass_client::Tls::from_files(
                     ca,
                     self.cert.as_deref().zip(self.key.as_deref()),
                 )
-                .map_err(crate::usage)?,
-            ),
+                .map_err(crate::usage)?;
+                match self.token()? {
+                    Some(token) => Some(tls.with_token(&token).map_err(crate::usage)?),
+                    None => Some(tls),
+                }
+            }
             None => None,
         };
         hourglass_client::Client::with_options(&self.endpoints, retry, tls).map_err(crate::usage)
+    }
+
+    /// The bearer token of --token or --token-file.
+    fn token(&self) -> Result<Option<String>, crate::Failure> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                crate::usage(format!("cannot read --token-file {}: {e}", path.display()))
+            })?;
+            let token = text.lines().next().unwrap_or_default().trim().to_owned();
+            if token.is_empty() {
+                return Err(crate::usage(format!(
+                    "--token-file {} holds no token",
+                    path.display()
+                )));
+            }
+            return Ok(Some(token));
+        }
+        Ok(self.token.clone())
     }
 }
 

@@ -37,7 +37,8 @@ pub fn run(cmd: TokenCommand, json: bool) -> Result<(), Failure> {
     } else {
         println!("{token}");
         println!(
-            "# The token above is shown only this once: give it to {}.\n# Add this entry to the tokens file (auth.tokens_file) of every \
+            "# The token above is shown only this once: give it to {} (HOURGLASS_TOKEN or \
+             --token-file).\n# Add this entry to the tokens file (auth.tokens_file) of every \
              node; nodes reread it within seconds.",
             entry.name
         );
