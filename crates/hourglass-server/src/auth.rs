@@ -640,6 +640,26 @@ mod tests {
     }
 
     #[test]
+    fn subject_names_are_read_without_trusting_lengths() {
+        // SET { SEQUENCE { OID 2.5.4.3, UTF8String "ab" } }
+        let subject = [
+            0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x02, b'a', b'b',
+        ];
+        assert_eq!(subject_attribute(&subject, OID_COMMON_NAME), Some("ab"));
+        assert_eq!(subject_attribute(&subject, OID_ORGANIZATIONAL_UNIT), None);
+        // Every truncation, and lengths past the end or of more than 4 bytes, read as nothing.
+        for end in 0..subject.len() {
+            assert_eq!(subject_attribute(&subject[..end], OID_COMMON_NAME), None);
+        }
+        assert_eq!(der_element(&[0x30, 0x05, 0x00]), None);
+        assert_eq!(der_element(&[0x30, 0x85, 0, 0, 0, 0, 1, 0]), None);
+        assert_eq!(
+            der_element(&[0x30, 0x81, 0x01, 0x07, 0x09]),
+            Some((0x30, &[0x07][..], &[0x09][..]))
+        );
+    }
+
+    #[test]
     fn the_tokens_file_is_checked_whole() {
         let hash = token_hash("t");
         let entry = |extra: &str| {
