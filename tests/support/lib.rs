@@ -83,7 +83,8 @@ pub struct Options {
     /// Run every node under libfaketime, so [`Cluster::set_clock`] can move its wall clock
     /// (its monotonic clock stays true).
     pub faketime: bool,
-    /// Run with TLS: a CA and node certificates made by `hourglass cert`, clients with the CA.
+    /// Run with TLS: a CA and node certificates made by `hourglass cert`, clients with the CA
+    /// and an admin certificate (`client-admin`).
     pub tls: bool,
 }
 
@@ -146,6 +147,8 @@ impl Cluster {
             for id in 1..=opts.nodes {
                 cert(&["node", &id.to_string(), "--dir", dir])?;
             }
+            // What the clients of the tests present: TLS nodes require credentials.
+            cert(&["client", "admin", "--dir", dir, "--role", "admin"])?;
         }
         let mut nodes = Vec::new();
         for (i, (grpc, peer, http)) in ports.iter().enumerate() {
@@ -358,13 +361,14 @@ impl Cluster {
         self.node(id).dir.join("data")
     }
 
-    /// A client of the given nodes only.
+    /// A client of the given nodes only (with TLS, as the admin certificate).
     pub fn client_of(&self, ids: &[u64]) -> Client {
         let endpoints: Vec<String> = ids.iter().map(|&i| self.node(i).addr.clone()).collect();
-        let tls = self
-            .certs
-            .as_ref()
-            .map(|dir| Tls::from_files(&dir.join("ca.crt"), None).expect("the CA is readable"));
+        let tls = self.certs.as_ref().map(|dir| {
+            let admin = (dir.join("client-admin.crt"), dir.join("client-admin.key"));
+            Tls::from_files(&dir.join("ca.crt"), Some((&admin.0, &admin.1)))
+                .expect("the CA and the admin certificate are readable")
+        });
         Client::with_options(
             &endpoints,
             RetryPolicy {

@@ -25,6 +25,9 @@ use hourglass_proto::v1::admin_client::AdminClient;
 use hourglass_proto::v1::timers_client::TimersClient;
 use hourglass_proto::ERROR_DOMAIN;
 use prost::Message;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 pub use tonic_types::ErrorDetails;
@@ -161,20 +164,43 @@ impl Default for RetryPolicy {
 }
 
 /// TLS to the nodes' client ports: the cluster CA to verify them by, and optionally a client
-/// certificate (`hourglass cert client`) to present.
+/// certificate (`hourglass cert client`) or a bearer token (`hourglass token new`) to
+/// authenticate with. A token goes only with TLS: in the clear anyone on the path could
+/// reuse it.
 #[derive(Debug, Clone)]
-pub struct Tls(ClientTlsConfig);
+pub struct Tls {
+    config: ClientTlsConfig,
+    bearer: Bearer,
+}
 
 impl Tls {
     /// Trusts the nodes whose certificates `ca_pem` signed, for the name or address each
     /// endpoint is given by.
     pub fn new(ca_pem: impl AsRef<[u8]>) -> Self {
-        Tls(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)))
+        Tls {
+            config: ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)),
+            bearer: Bearer::default(),
+        }
     }
 
     /// Presents this certificate and key (PEM) to the nodes.
     pub fn with_identity(self, cert_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> Self {
-        Tls(self.0.identity(Identity::from_pem(cert_pem, key_pem)))
+        Tls {
+            config: self.config.identity(Identity::from_pem(cert_pem, key_pem)),
+            ..self
+        }
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call.
+    pub fn with_token(self, token: &str) -> Result<Self> {
+        let mut value = MetadataValue::try_from(format!("Bearer {}", token.trim()))
+            .map_err(|_| Error::Tls("the token is not printable ASCII".into()))?;
+        // Kept out of debug output.
+        value.set_sensitive(true);
+        Ok(Tls {
+            bearer: Bearer(Some(value)),
+            ..self
+        })
     }
 
     /// Reads the CA and, when both are given, the client certificate and key from PEM files.
@@ -190,16 +216,34 @@ impl Tls {
     }
 }
 
+/// Adds the bearer token, if any, to each call.
+#[derive(Debug, Clone, Default)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel to one node, with the client's credentials.
+pub(crate) type Transport = InterceptedService<Channel, Bearer>;
+
 pub struct Client {
     endpoints: Vec<String>,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<String, Transport>>,
     next: AtomicUsize,
     retry: RetryPolicy,
     tls: Option<Tls>,
 }
 
 /// A lazily connected channel to `address` (`HOST:PORT`), over TLS when `tls` is given.
-pub(crate) fn channel_for(address: &str, tls: Option<&Tls>) -> Result<Channel> {
+pub(crate) fn channel_for(address: &str, tls: Option<&Tls>) -> Result<Transport> {
     let uri = if address.contains("://") {
         address.to_owned()
     } else if tls.is_some() {
@@ -213,10 +257,11 @@ pub(crate) fn channel_for(address: &str, tls: Option<&Tls>) -> Result<Channel> {
         .tcp_nodelay(true);
     if let Some(tls) = tls {
         endpoint = endpoint
-            .tls_config(tls.0.clone())
+            .tls_config(tls.config.clone())
             .map_err(|e| Error::Tls(e.to_string()))?;
     }
-    Ok(endpoint.connect_lazy())
+    let bearer = tls.map(|t| t.bearer.clone()).unwrap_or_default();
+    Ok(InterceptedService::new(endpoint.connect_lazy(), bearer))
 }
 
 impl Client {
@@ -257,7 +302,7 @@ impl Client {
         })
     }
 
-    fn channel(&self, address: &str) -> Result<Channel> {
+    fn channel(&self, address: &str) -> Result<Transport> {
         let mut channels = self.channels.lock().expect("channel map poisoned");
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
@@ -270,7 +315,7 @@ impl Client {
     /// Runs `call` against an endpoint, retrying on answers that mean "not now".
     async fn call<T, F, Fut>(&self, mut call: F) -> Result<T>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Transport) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.retry.budget;

@@ -9,6 +9,8 @@ use hourglass_proto::v1;
 use hourglass_proto::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Call;
+use crate::client_auth;
 use crate::error::Error;
 use crate::host::Host;
 
@@ -29,8 +31,13 @@ impl AdminService {
 impl Admin for AdminService {
     async fn cluster_status(
         &self,
-        _request: Request<v1::ClusterStatusRequest>,
+        request: Request<v1::ClusterStatusRequest>,
     ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        client_auth::check(
+            &client_auth::caller(&request)?,
+            &Call::ClusterStatus,
+            &self.host.metrics,
+        )?;
         self.status().await.map_err(Status::from)
     }
 }

@@ -40,6 +40,9 @@ pub const NON_CONFIG_ENV: &[&str] = &[
     "HOURGLASS_CA",
     "HOURGLASS_CERT",
     "HOURGLASS_KEY",
+    // The client commands' bearer token (--token, --token-file).
+    "HOURGLASS_TOKEN",
+    "HOURGLASS_TOKEN_FILE",
     "HOURGLASS_BIN",
     "HOURGLASS_CLUSTER_DIR",
     "HOURGLASS_BASE_PORT",
@@ -170,6 +173,33 @@ impl TlsConfig {
     /// Whether TLS is on (validation makes sure all three files are given, or none).
     pub fn is_enabled(&self) -> bool {
         self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+}
+
+/// Authentication on the client port (docs/operations.md, "Security"): only with TLS, which
+/// carries the credentials (client certificates, bearer tokens) safely.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// With TLS, a call to Timers, Workers or Admin without credentials is refused
+    /// (UNAUTHENTICATED). `false` admits it with every right while clients move to
+    /// credentials; credentials that are sent are checked all the same.
+    pub required: bool,
+    /// Key `auth.tokens_file`: the bearer tokens accepted (TOML, one `[[token]]` per token, as
+    /// `hourglass token new` prints them), reread when it changes. Needs TLS.
+    #[serde(
+        serialize_with = "optional::serialize_path",
+        deserialize_with = "optional::deserialize"
+    )]
+    pub tokens_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            required: true,
+            tokens_file: None,
+        }
     }
 }
 
@@ -356,6 +386,7 @@ pub struct NodeConfig {
     pub grpc: GrpcConfig,
     pub fault: FaultConfig,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
     /// One-time recovery of a node whose data was lost (`--rejoin`), never stored in a file.
     #[serde(skip)]
     pub rejoin: bool,
@@ -382,6 +413,7 @@ impl Default for NodeConfig {
             grpc: GrpcConfig::default(),
             fault: FaultConfig::default(),
             tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
             rejoin: false,
         }
     }
@@ -511,6 +543,13 @@ impl NodeConfig {
             return bad(
                 "tls.ca, tls.cert and tls.key must be given together (or none of them, \
                  for plaintext)"
+                    .into(),
+            );
+        }
+        if self.auth.tokens_file.is_some() && !tls.is_enabled() {
+            return bad(
+                "auth.tokens_file needs TLS (tls.ca, tls.cert, tls.key): bearer tokens would \
+                 travel in the clear"
                     .into(),
             );
         }
@@ -1298,6 +1337,10 @@ mod tests {
                 cert: Some("/etc/hourglass/node.crt".into()),
                 key: Some("/etc/hourglass/node.key".into()),
             },
+            auth: AuthConfig {
+                required: false,
+                tokens_file: Some("/etc/hourglass/tokens.toml".into()),
+            },
             rejoin: false,
         }
     }
@@ -1334,7 +1377,7 @@ mod tests {
         assert_ne!(config.timers, defaults.timers);
         assert_ne!(config.grpc, defaults.grpc);
         let all = keys();
-        assert_eq!(all.len(), 34, "{all:?}");
+        assert_eq!(all.len(), 36, "{all:?}");
         let pairs = printed(&config);
         for (key, text) in &pairs {
             let default_text = &printed(&defaults)
@@ -1680,5 +1723,16 @@ mod tests {
             e.contains("tls.ca, tls.cert and tls.key must be given together"),
             "{e}"
         );
+        let e = NodeConfig {
+            auth: AuthConfig {
+                tokens_file: Some("tokens.toml".into()),
+                ..Default::default()
+            },
+            ..single.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("auth.tokens_file needs TLS"), "{e}");
     }
 }

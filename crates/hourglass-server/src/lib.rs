@@ -6,6 +6,8 @@
 #![allow(clippy::result_large_err)]
 
 mod admin;
+pub mod auth;
+mod client_auth;
 pub mod clock;
 mod clock_probe;
 pub mod config;

@@ -48,7 +48,15 @@ pub struct Metrics {
     pub clock_out_of_bounds: IntGauge,
     pub clock_probe_failures: IntCounter,
     pub peer_calls_refused: IntCounter,
+    /// Client port calls refused, by `reason`: [`UNAUTHENTICATED`] or [`PERMISSION_DENIED`].
+    pub client_calls_refused: IntCounterVec,
+    pub tokens_file_reload_failures: IntCounter,
 }
+
+/// `reason` of [`Metrics::client_calls_refused`]: no or unknown credentials.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+/// `reason` of [`Metrics::client_calls_refused`]: a call outside the caller's role.
+pub const PERMISSION_DENIED: &str = "permission_denied";
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
@@ -111,6 +119,19 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(clock_offset.clone()))
             .expect("metric registered once");
+        let client_calls_refused = IntCounterVec::new(
+            Opts::new(
+                "client_calls_refused_total",
+                "Client port calls refused by authentication (reason unauthenticated) or by the caller's role (reason permission_denied).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(client_calls_refused.clone()))
+            .expect("metric registered once");
+        for reason in [UNAUTHENTICATED, PERMISSION_DENIED] {
+            client_calls_refused.with_label_values(&[reason]);
+        }
         let wal = Arc::new(OnceLock::new());
         r.register(Box::new(WalCounters::new(Arc::clone(&wal))))
             .expect("metric registered once");
@@ -121,6 +142,12 @@ impl Metrics {
             wal,
             store,
             clock_offset,
+            client_calls_refused,
+            tokens_file_reload_failures: counter(
+                r,
+                "tokens_file_reload_failures_total",
+                "Changes of auth.tokens_file that did not read or parse; the tokens before them stay in force.",
+            ),
             clock_out_of_bounds: gauge(
                 r,
                 "clock_out_of_bounds",

@@ -1,5 +1,8 @@
 //! A running node: its host, its client port, its peer port and its HTTP port.
 //!
+//! With TLS, the client port's public services authenticate every call (`client_auth.rs`);
+//! health and reflection stay open, for probes and tools.
+//!
 //! The peer port serves the internal Raft transport and nothing else; the client port never
 //! serves it. Besides the public services, the client port serves the standard
 //! `grpc.health.v1.Health` (a status per public service and `""` for the node: NOT_SERVING
@@ -26,6 +29,7 @@ use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
 use crate::admin::AdminService;
+use crate::client_auth::{ClientAuth, TOKENS_FILE_POLL};
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::host::Host;
@@ -150,14 +154,26 @@ impl Node {
         let peer_listener = bind(config.peer_listen).await?;
         let peer_addr = local_addr(&peer_listener, config.peer_listen)?;
         let tls = host.peers.tls().cloned();
+        let client_auth = ClientAuth::new(&config, Arc::clone(&host.metrics))?;
+        let auth_required = client_auth.is_required();
         if tls.is_none() {
             warn!(
                 client_port = %grpc_addr,
                 peer_port = %peer_addr,
                 "TLS IS OFF: both ports are plaintext and unauthenticated; whoever can reach the \
-                 peer port can forge Raft messages and corrupt or lose timers. For development \
-                 only: set [tls] (ca, cert, key; see docs/operations.md, \"Security\")"
+                 client port may call everything, and whoever can reach the peer port can forge \
+                 Raft messages and corrupt or lose timers. For development only: set [tls] (ca, \
+                 cert, key; see docs/operations.md, \"Security\")"
             );
+        } else if !auth_required {
+            warn!(
+                client_port = %grpc_addr,
+                "AUTHENTICATION IS OPTIONAL (auth.required = false): calls without credentials \
+                 may do everything on the client port"
+            );
+        }
+        if let Some(file) = client_auth.tokens_file() {
+            info!(file = %file.display(), tokens = client_auth.token_count(), "bearer tokens loaded");
         }
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -170,13 +186,22 @@ impl Node {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(TimersServer::new(TimersService::new(Arc::clone(&host))))
-            .add_service(AdminServer::new(AdminService {
-                host: Arc::clone(&host),
-            }))
-            .add_service(WorkersServer::new(WorkersService {
-                host: Arc::clone(&host),
-            }));
+            .add_service(InterceptedService::new(
+                TimersServer::new(TimersService::new(Arc::clone(&host))),
+                client_auth.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                AdminServer::new(AdminService {
+                    host: Arc::clone(&host),
+                }),
+                client_auth.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                WorkersServer::new(WorkersService {
+                    host: Arc::clone(&host),
+                }),
+                client_auth.clone(),
+            ));
         let peer_auth = PeerAuth {
             tls: tls.is_some(),
             members: config.node_ids(),
@@ -200,6 +225,19 @@ impl Node {
             incoming(peer_listener, &config)?,
             until(stopped.clone()),
         )));
+
+        if client_auth.tokens_file().is_some() {
+            let mut stopped = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut poll = tokio::time::interval(TOKENS_FILE_POLL);
+                loop {
+                    tokio::select! {
+                        _ = poll.tick() => client_auth.reload_if_changed(),
+                        _ = stopped.wait_for(|s| *s) => return,
+                    }
+                }
+            }));
+        }
 
         if let Some(http_addr) = config.http_listen {
             let listener = bind(http_addr).await?;
@@ -238,6 +276,7 @@ impl Node {
             peer = %peer_addr,
             http = ?config.http_listen,
             tls = tls.is_some(),
+            auth_required,
             "node started"
         );
         Ok(node)

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use hourglass_types::{partition_for, Command, CommandResponse, Limits, TimerDefinition, TimerKey};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Call;
+use crate::client_auth;
 use crate::convert;
 use crate::error::Error;
 use crate::routing::{Router, Target, HOPS};
@@ -55,6 +57,24 @@ impl TimersService {
             .channel(node)
             .map(TimersClient::new)
             .ok_or_else(|| Error::Internal(format!("node {node} is not a configured peer")))
+    }
+
+    /// Whether the caller may call `method` on these workflows; checked before anything
+    /// else, so a refused caller learns nothing of the request's validity.
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+        workflow_ids: Vec<&str>,
+    ) -> Result<(), Error> {
+        client_auth::check(
+            &client_auth::caller(request)?,
+            &Call::Timers {
+                method,
+                workflow_ids,
+            },
+            &self.router.host.metrics,
+        )
     }
 
     /// The same request, marked as forwarded once more, with the node's own deadline.
@@ -178,6 +198,12 @@ impl TimersService {
         &self,
         request: Request<v1::ScheduleBatchRequest>,
     ) -> Result<Response<v1::ScheduleBatchResponse>, Error> {
+        let ids = request.get_ref().timers.iter();
+        self.authorize(
+            &request,
+            "ScheduleBatch",
+            ids.map(|t| t.workflow_id.as_str()).collect(),
+        )?;
         let hops = hops(&request);
         let timers = request.into_inner().timers;
         if timers.len() > MAX_BATCH {
@@ -314,6 +340,11 @@ impl TimersService {
         &self,
         request: Request<v1::ScheduleRequest>,
     ) -> Result<Response<v1::ScheduleResponse>, Error> {
+        self.authorize(
+            &request,
+            "Schedule",
+            vec![request.get_ref().workflow_id.as_str()],
+        )?;
         let hops = hops(&request);
         let message = request.into_inner();
         let partition = self.partition(&message.workflow_id);
@@ -340,6 +371,11 @@ impl TimersService {
         &self,
         request: Request<v1::CancelRequest>,
     ) -> Result<Response<v1::CancelResponse>, Error> {
+        self.authorize(
+            &request,
+            "Cancel",
+            vec![request.get_ref().workflow_id.as_str()],
+        )?;
         let hops = hops(&request);
         let message = request.into_inner();
         let key = convert::timer_key(message.workflow_id.clone(), message.timer_id.clone())
@@ -395,6 +431,11 @@ impl TimersService {
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Error> {
+        self.authorize(
+            &request,
+            "Get",
+            vec![request.get_ref().workflow_id.as_str()],
+        )?;
         let hops = hops(&request);
         let message = request.into_inner();
         let key = convert::timer_key(message.workflow_id.clone(), message.timer_id.clone())
@@ -431,6 +472,11 @@ impl TimersService {
         &self,
         request: Request<v1::ListRequest>,
     ) -> Result<Response<v1::ListResponse>, Error> {
+        self.authorize(
+            &request,
+            "List",
+            vec![request.get_ref().workflow_id.as_str()],
+        )?;
         let hops = hops(&request);
         let message = request.into_inner();
         // Validates the workflow id with a placeholder timer id.

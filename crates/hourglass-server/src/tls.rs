@@ -77,7 +77,7 @@ impl Tls {
 }
 
 /// The first of `members` a certificate (DER, already verified against the CA) is valid for.
-fn member_named(der: &[u8], members: &BTreeSet<NodeId>) -> Option<NodeId> {
+pub(crate) fn member_named(der: &[u8], members: &BTreeSet<NodeId>) -> Option<NodeId> {
     let der = CertificateDer::from(der);
     let cert = EndEntityCert::try_from(&der).ok()?;
     members.iter().copied().find(|&id| {

@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::auth::Call;
+use crate::client_auth;
 use crate::dispatch::Subscription;
 use crate::error::Error;
 use crate::host::Host;
@@ -47,6 +49,7 @@ impl WorkersService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let caller = client_auth::caller(&request)?;
         let mut inbound = request.into_inner();
         let start = match inbound
             .message()
@@ -63,6 +66,13 @@ impl WorkersService {
                 )))
             }
         };
+        client_auth::check(
+            &caller,
+            &Call::Subscribe {
+                queue: &start.queue,
+            },
+            &self.host.metrics,
+        )?;
         validate_queue(&start.queue).map_err(Error::from)?;
         if start.credits > MAX_CREDITS {
             return Err(Error::from(hourglass_types::Error::invalid(

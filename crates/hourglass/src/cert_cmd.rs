@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use hourglass_server::auth::Role;
 use hourglass_server::tls::node_name;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 
-use crate::cli::{CertCommand, ClientRole};
+use crate::cli::CertCommand;
 
 const DAY: Duration = Duration::from_secs(86_400);
 /// The CA outlives the certificates it signs: rotating it means re-issuing every one.
@@ -61,13 +62,8 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<()> {
             );
         }
         CertCommand::Client { name, dir, role } => {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-            {
-                bail!("client names are made of letters, digits, '.', '_' and '-'");
-            }
+            let role = Role::from(role);
+            check_name(&name)?;
             let (ca, ca_key) = load_ca(&dir)?;
             // No SAN: a client certificate is valid for no name, so never for a node's.
             let mut params = leaf_params(Vec::new(), &name)?;
@@ -89,14 +85,16 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl ClientRole {
-    fn as_str(self) -> &'static str {
-        match self {
-            ClientRole::Admin => "admin",
-            ClientRole::Client => "client",
-            ClientRole::Worker => "worker",
-        }
+/// Client names, in certificates and tokens alike: letters, digits, '.', '_' and '-'.
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        bail!("client names are made of letters, digits, '.', '_' and '-'");
     }
+    Ok(())
 }
 
 /// Sets a certificate's validity from a day ago (clocks differ) to `validity` from now.

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use hourglass_server::auth::Role;
 use hourglass_server::config::Overrides;
 use hourglass_server::Peer;
 
@@ -42,6 +43,20 @@ pub struct Global {
     /// The client certificate's key (PEM).
     #[arg(long, global = true, env = "HOURGLASS_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Bearer token (`hourglass token new`) to authenticate with; needs --ca, as a token must
+    /// not travel in the clear. Prefer --token-file: a flag shows in the process list.
+    #[arg(
+        long,
+        global = true,
+        env = "HOURGLASS_TOKEN",
+        hide_env_values = true,
+        requires = "ca",
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// File holding the bearer token (its first line); needs --ca.
+    #[arg(long, global = true, env = "HOURGLASS_TOKEN_FILE", requires = "ca")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Global {
@@ -56,16 +71,38 @@ impl Global {
         retry: hourglass_client::RetryPolicy,
     ) -> Result<hourglass_client::Client, crate::Failure> {
         let tls = match &self.ca {
-            Some(ca) => Some(
-                hourglass_client::Tls::from_files(
+            Some(ca) => {
+                let tls = hourglass_client::Tls::from_files(
                     ca,
                     self.cert.as_deref().zip(self.key.as_deref()),
                 )
-                .map_err(crate::usage)?,
-            ),
+                .map_err(crate::usage)?;
+                match self.token()? {
+                    Some(token) => Some(tls.with_token(&token).map_err(crate::usage)?),
+                    None => Some(tls),
+                }
+            }
             None => None,
         };
         hourglass_client::Client::with_options(&self.endpoints, retry, tls).map_err(crate::usage)
+    }
+
+    /// The bearer token of --token or --token-file.
+    fn token(&self) -> Result<Option<String>, crate::Failure> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                crate::usage(format!("cannot read --token-file {}: {e}", path.display()))
+            })?;
+            let token = text.lines().next().unwrap_or_default().trim().to_owned();
+            if token.is_empty() {
+                return Err(crate::usage(format!(
+                    "--token-file {} holds no token",
+                    path.display()
+                )));
+            }
+            return Ok(Some(token));
+        }
+        Ok(self.token.clone())
     }
 }
 
@@ -91,6 +128,27 @@ pub enum Command {
     /// "Security").
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Create bearer tokens for clients and workers (docs/operations.md, "Security").
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Print a new secret token (shown once) and the entry to add to every node's
+    /// auth.tokens_file.
+    New {
+        /// Who the token is for (shown in refusals and logs; several tokens may share it).
+        name: String,
+        #[arg(long, value_enum, default_value = "client")]
+        role: ClientRole,
+        /// For --role client: a workflow id prefix it may touch (repeatable; none: all).
+        #[arg(long = "prefix")]
+        prefixes: Vec<String>,
+        /// For --role worker: a queue it may subscribe to (repeatable; none: all).
+        #[arg(long = "queue")]
+        queues: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -126,6 +184,16 @@ pub enum ClientRole {
     Admin,
     Client,
     Worker,
+}
+
+impl From<ClientRole> for Role {
+    fn from(role: ClientRole) -> Role {
+        match role {
+            ClientRole::Admin => Role::Admin,
+            ClientRole::Client => Role::Client,
+            ClientRole::Worker => Role::Worker,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -254,6 +322,10 @@ pub struct ServeArgs {
     /// This node's private key (PEM) [key tls.key, HOURGLASS_TLS__KEY]
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// Bearer tokens accepted on the client port (TOML, `hourglass token new`) [key
+    /// auth.tokens_file, HOURGLASS_AUTH__TOKENS_FILE]
+    #[arg(long)]
+    pub auth_tokens_file: Option<PathBuf>,
     /// HTTP listen address for /healthz, /readyz and /metrics [key http_listen,
     /// HOURGLASS_HTTP_LISTEN]
     #[arg(long)]
@@ -326,6 +398,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.tls_key {
             o.set("tls.key", v)?;
+        }
+        if let Some(v) = &self.auth_tokens_file {
+            o.set("auth.tokens_file", v)?;
         }
         if let Some(v) = self.http_listen {
             o.set("http_listen", v)?;

@@ -6,6 +6,7 @@ mod cli;
 mod client_cmds;
 mod output;
 mod server_cmds;
+mod token_cmd;
 mod worker_cmd;
 
 use std::process::ExitCode;
@@ -63,6 +64,7 @@ fn main() -> ExitCode {
             Command::Worker(args) => worker_cmd::run(&cli.global, args).await,
             Command::Bench(cmd) => bench::run(&cli.global, cmd).await,
             Command::Cert(cmd) => cert_cmd::run(cmd).map_err(Failure::from),
+            Command::Token(cmd) => token_cmd::run(cmd, cli.global.json),
         }
     });
     match result {
