@@ -18,6 +18,11 @@ const MEMTABLE_BUDGET: usize = 128 << 20;
 const MEMTABLE_BYTES_PER_CF: usize = 16 << 20;
 /// The block cache shared by every column family.
 const BLOCK_CACHE_BYTES: usize = 64 << 20;
+/// Write-ahead log kept before RocksDB flushes the column families that pin its oldest file.
+/// A rarely written family (Raft votes, the fired index while no timer fires) otherwise keeps
+/// every log file since its last write: under steady load the data directory grew to ~2 GiB
+/// of log for ~200 MiB of tables before RocksDB's default limit (4 × the memtables) set in.
+const MAX_WAL_BYTES: u64 = 128 << 20;
 
 /// What a node records about its cluster the first time it starts, and checks on every start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +130,7 @@ impl Store {
         // Memory stays bounded however many timers are stored (G8): all memtables share one
         // budget and all column families one block cache.
         opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+        opts.set_max_total_wal_size(MAX_WAL_BYTES);
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = keys::ALL_CFS.iter().map(|name| {
             let mut table = rocksdb::BlockBasedOptions::default();
@@ -545,6 +551,36 @@ mod tests {
             "{empty_disk} -> {disk}"
         );
         assert!(store.memory().unwrap().total() > 0);
+    }
+
+    /// One write to a rarely written column family must not pin the write-ahead log: under a
+    /// steady load elsewhere the log stays near its bound, and the disk with it.
+    #[test]
+    fn a_quiet_column_family_does_not_pin_the_write_ahead_log() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .db
+            .put_cf(store.cf(keys::CF_RAFT_STATE), b"vote", b"1")
+            .unwrap();
+        let cf = store.cf(keys::CF_TIMERS);
+        let value = vec![7u8; 64 * 1024];
+        // Three times the bound, in values RocksDB cannot share (distinct keys).
+        for i in 0u32..(3 * (MAX_WAL_BYTES as u32) / (64 * 1024)) {
+            store.db.put_cf(cf, i.to_be_bytes(), &value).unwrap();
+        }
+        let wal: u64 = std::fs::read_dir(dir.path().join("db"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        // The bound plus the file being written (at most a memtable's worth).
+        assert!(
+            wal <= MAX_WAL_BYTES + 2 * MEMTABLE_BYTES_PER_CF as u64,
+            "{} MiB of write-ahead log",
+            wal >> 20
+        );
     }
 
     /// A store of layout 1 (fired index by timer id, records without a fire sequence) opens
