@@ -8,8 +8,7 @@
 #     present on many stock machines) is a different library and does not count.
 #   - clang's builtin headers (stddef.h under .../clang/*/include), which libclang needs to
 #     parse RocksDB's C header; they come with libclang-common-*-dev, not with libclang1.
-#   - a C++ compiler (RocksDB is C++), a C compiler and make (jemalloc, the server's allocator,
-#     is built by its own configure and make), and cargo.
+#   - a C++ compiler (RocksDB is C++) and cargo.
 #
 # usage: deploy/install-deps.sh [--check] [iptables|faketime|iproute2|curl|python3-venv ...]
 #   --check   report what is missing and exit 1 if anything is, without installing
@@ -81,14 +80,6 @@ fi
 if ! has_cmd c++ && ! has_cmd g++ && ! has_cmd clang++; then
   missing+=(g++)
   reasons+=("a C++ compiler (RocksDB is C++)")
-fi
-if ! has_cmd cc && ! has_cmd gcc && ! has_cmd clang; then
-  missing+=(gcc)
-  reasons+=("a C compiler (jemalloc is C)")
-fi
-if ! has_cmd make; then
-  missing+=(make)
-  reasons+=("make (jemalloc's build runs it)")
 fi
 if [[ -z "$ROOT" ]] && ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo is missing: install Rust from https://rustup.rs first" >&2

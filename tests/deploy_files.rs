@@ -221,7 +221,6 @@ fn deps_check(files: &[&str]) -> (i32, String) {
 }
 
 const HEADERS: &str = "/usr/lib/llvm-14/lib/clang/14.0.6/include/stddef.h";
-const MAKE: &str = "/usr/bin/make";
 
 #[test]
 fn install_deps_requires_the_libclang_bindgen_loads() {
@@ -248,7 +247,7 @@ fn install_deps_requires_the_libclang_bindgen_loads() {
         "/usr/lib/llvm-16/lib/libclang-16.so",
         "/usr/local/lib/libclang.so",
     ] {
-        let (code, err) = deps_check(&[lib, "/usr/bin/c++", HEADERS, "/usr/bin/cc", MAKE]);
+        let (code, err) = deps_check(&[lib, "/usr/bin/c++", HEADERS]);
         assert_eq!(code, 0, "{lib}: {err}");
     }
 }
@@ -262,29 +261,13 @@ fn install_deps_requires_clang_headers_and_a_cxx_compiler() {
         err.contains("builtin headers") && err.contains("libclang-dev"),
         "{err}"
     );
-    let (code, err) = deps_check(&[lib, HEADERS, "/usr/bin/gcc", MAKE]);
+    let (code, err) = deps_check(&[lib, HEADERS]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("C++ compiler") && err.contains("g++"), "{err}");
-    let (code, err) = deps_check(&[lib, HEADERS, "/usr/bin/g++", "/usr/bin/gcc", MAKE]);
-    assert_eq!(code, 0, "{err}");
-}
-
-/// jemalloc is built with its own configure and make: a stock machine with only a C++
-/// compiler is told to install a C compiler and make.
-#[test]
-fn install_deps_requires_a_c_compiler_and_make() {
-    let lib = "/usr/lib/llvm-14/lib/libclang-14.so.1";
     let (code, err) = deps_check(&[lib, HEADERS, "/usr/bin/g++"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("C compiler (jemalloc"), "{err}");
-    assert!(err.contains("apt-get install -y gcc make"), "{err}");
-    let (code, err) = deps_check(&[lib, HEADERS, "/usr/bin/g++", "/usr/bin/clang"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("apt-get install -y make"), "{err}");
-    let (code, err) = deps_check(&[lib, HEADERS, "/usr/bin/g++", "/usr/bin/cc", MAKE]);
     assert_eq!(code, 0, "{err}");
-    // Nothing at all: every package named in one command, libclang-dev once.
+    // Nothing at all: both packages named in one command, libclang-dev once.
     let (code, err) = deps_check(&[]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("apt-get install -y libclang-dev g++ gcc make"), "{err}");
+    assert!(err.contains("apt-get install -y libclang-dev g++"), "{err}");
 }
