@@ -15,12 +15,6 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
-/// jemalloc, for Rust and (unprefixed) for RocksDB: it hands freed pages back to the system
-/// after a burst, where glibc's per-thread arenas kept them (docs/benchmarks.md, "backlog").
-#[cfg(target_os = "linux")]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// Exit status for errors the user caused in how the command was written.
 pub const EXIT_USAGE: u8 = 2;
 
