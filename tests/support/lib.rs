@@ -29,11 +29,22 @@ pub fn hourglass_bin() -> PathBuf {
     bin
 }
 
+/// A port free now, below Linux's ephemeral range (32768 and up): a port the kernel handed
+/// out for `127.0.0.1:0` could be taken, between this check and the node's bind, as the source
+/// port of one of the many connections tests open, and that node then never started. Each
+/// test process walks its own sequence, so concurrent tests rarely try the same port.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 10_000 + (start.wrapping_add(n.wrapping_mul(104_729)) % 22_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+        assert!(n < 100_000, "no free loopback port below 32768");
+    }
 }
 
 pub struct NodeProc {
