@@ -249,7 +249,7 @@ fn serve_print_config_layers_file_environment_and_flags() {
         ("HOURGLASS_TIMERS__WINDOW", "30s"),
         ("HOURGLASS_RAFT__HEARTBEAT_INTERVAL", "100ms"),
         ("HOURGLASS_HTTP_LISTEN", "127.0.0.1:9999"),
-        ("HOURGLASS_FAULT__EARLY_FIRE_MS", "2000"),
+        ("HOURGLASS_TIMERS__ACK_TIMEOUT_MS", "2000"),
         // Not configuration keys: ignored.
         ("HOURGLASS_ENDPOINTS", "127.0.0.1:7001"),
         ("HOURGLASS_BIN", "/bin/true"),
@@ -260,7 +260,7 @@ fn serve_print_config_layers_file_environment_and_flags() {
     assert_eq!(t["timers"]["batch"].as_integer(), Some(200));
     assert_eq!(t["raft"]["heartbeat_interval"].as_str(), Some("100ms"));
     assert_eq!(t["http_listen"].as_str(), Some("127.0.0.1:9999"));
-    assert_eq!(t["fault"]["early_fire"].as_str(), Some("2s"));
+    assert_eq!(t["timers"]["ack_timeout"].as_str(), Some("2s"));
 
     let flags = [
         "--config",
@@ -338,20 +338,12 @@ fn serve_print_config_refuses_unknown_and_doubled_keys() {
     ));
     assert!(e.contains("raft.heartbeat_interval"), "{e}");
 
-    // The chaos harness's former fault variables still work, with a warning.
-    let out = print_config(
-        &[
-            ("HOURGLASS_FAULT_LOSE_FIRES", "0.05"),
-            ("HOURGLASS_FAULT_EARLY_FIRE_MS", "2000"),
-        ],
-        &base,
-    );
-    let t = printed(&out);
-    assert_eq!(t["fault"]["lose_fired_fraction"].as_float(), Some(0.05));
-    assert_eq!(t["fault"]["early_fire"].as_str(), Some("2s"));
-    let warnings = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        warnings.contains("HOURGLASS_FAULT__LOSE_FIRED_FRACTION"),
-        "{warnings}"
-    );
+    // Fault injection is for test builds only: the release binary refuses it, from any source.
+    for (var, value) in [
+        ("HOURGLASS_FAULT__LOSE_FIRED_FRACTION", "0.05"),
+        ("HOURGLASS_FAULT__EARLY_FIRE", "2s"),
+    ] {
+        let e = failure(&print_config(&[(var, value)], &base));
+        assert!(e.contains("built without fault injection"), "{var}: {e}");
+    }
 }

@@ -94,12 +94,14 @@ struct RunArgs {
     /// Where the history, node logs and report go (default: jepsen/runs/<time>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// The hourglass binary (default: the release build in the target directory).
+    /// The hourglass binary (default: the release build in the target directory; with
+    /// --inject-fault, the test build `hourglass-fault-injection` beside it).
     #[arg(long)]
     bin: Option<PathBuf>,
     /// Make the system wrong on purpose to show the checker catches it: `lose-fires`
     /// acknowledges 5% of fired timers without delivering them; `early-fire` makes leaders fire
-    /// timers 2 s before their fire_at.
+    /// timers 2 s before their fire_at. Needs a test build (jepsen/build-fault-injection.sh):
+    /// release builds refuse the fault keys.
     #[arg(long)]
     inject_fault: Option<String>,
 }
@@ -108,11 +110,26 @@ fn parse_duration(flag: &str, v: &str) -> Result<Duration> {
     humantime::parse_duration(v).with_context(|| format!("{flag} {v:?}"))
 }
 
-fn default_bin() -> PathBuf {
+/// The binary a run uses unless told: the release build, or for a run with an injected fault
+/// the test build that `jepsen/build-fault-injection.sh` puts beside it.
+fn default_bin(faults: bool) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("release/hourglass")
+    target.join(if faults {
+        "release/hourglass-fault-injection"
+    } else {
+        "release/hourglass"
+    })
+}
+
+/// Whether `bin` is a test build that honours the fault keys (its `--version` says so).
+fn has_fault_injection(bin: &std::path::Path) -> Result<bool> {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", bin.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("(fault-injection)"))
 }
 
 async fn run(args: RunArgs) -> Result<bool> {
@@ -145,10 +162,23 @@ async fn run(args: RunArgs) -> Result<bool> {
         Some("early-fire") => vec![("HOURGLASS_FAULT__EARLY_FIRE".to_string(), "2s".to_string())],
         Some(other) => bail!("unknown fault {other:?}; choose lose-fires or early-fire"),
     };
-    let bin = args.bin.clone().unwrap_or_else(default_bin);
+    let faults = !env.is_empty();
+    let bin = args.bin.clone().unwrap_or_else(|| default_bin(faults));
     if !bin.exists() {
         bail!(
-            "{} not found: build it with `cargo build --release --workspace --all-targets`",
+            "{} not found: build it with {}",
+            bin.display(),
+            if faults {
+                "jepsen/build-fault-injection.sh"
+            } else {
+                "`cargo build --release --workspace --all-targets`"
+            }
+        );
+    }
+    if faults && !has_fault_injection(&bin)? {
+        bail!(
+            "{} is a release build, which refuses the fault keys: --inject-fault needs the test \
+             build from jepsen/build-fault-injection.sh",
             bin.display()
         );
     }

@@ -58,13 +58,6 @@ pub const NON_CONFIG_ENV: &[&str] = &[
     "HOURGLASS_FIRE_AT",
 ];
 
-/// Former names of the fault-injection keys, still read (with a warning) until the chaos
-/// harness sets the keys' own variables: (variable, key).
-pub const DEPRECATED_ENV: &[(&str, &str)] = &[
-    ("HOURGLASS_FAULT_LOSE_FIRES", "fault.lose_fired_fraction"),
-    ("HOURGLASS_FAULT_EARLY_FIRE_MS", "fault.early_fire_ms"),
-];
-
 /// The duration keys also accepted as `<key>_ms`, a number of milliseconds: (section, key).
 pub const MILLISECOND_KEYS: &[(&str, &str)] = &[
     ("", "request_timeout"),
@@ -419,15 +412,6 @@ impl Default for NodeConfig {
     }
 }
 
-/// A configuration as read, with what the operator should hear about it.
-#[derive(Debug)]
-pub struct Loaded {
-    /// Not yet validated.
-    pub config: NodeConfig,
-    /// Deprecated names that were used.
-    pub warnings: Vec<String>,
-}
-
 impl NodeConfig {
     /// The configuration's sources, each overriding the one before: the defaults, `file`,
     /// `HOURGLASS_*` variables, `flags`.
@@ -441,7 +425,6 @@ impl NodeConfig {
         }
         let not_keys: Vec<&str> = NON_CONFIG_ENV
             .iter()
-            .chain(DEPRECATED_ENV.iter().map(|(var, _)| var))
             .map(|var| &var[ENV_PREFIX.len()..])
             .collect();
         figment
@@ -457,23 +440,12 @@ impl NodeConfig {
 
     /// Reads the configuration from the file (if any), the environment and `flags`; not yet
     /// validated.
-    pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Loaded> {
+    pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<NodeConfig> {
         if let Some(path) = file {
             std::fs::metadata(path)
                 .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
         }
-        let config = Self::figment(file, flags).extract().map_err(config_error)?;
-        let warnings = DEPRECATED_ENV
-            .iter()
-            .filter(|(var, _)| std::env::var_os(var).is_some())
-            .map(|(var, key)| {
-                format!(
-                    "{var} is deprecated and will be removed: set {} instead",
-                    env_var(key)
-                )
-            })
-            .collect();
-        Ok(Loaded { config, warnings })
+        Self::figment(file, flags).extract().map_err(config_error)
     }
 
     /// The configuration a TOML text gives over the defaults (no environment, no flags).
@@ -673,6 +645,13 @@ impl NodeConfig {
                 f.lose_fired_fraction
             ));
         }
+        if f.is_active() && !cfg!(feature = "fault-injection") {
+            return bad(format!(
+                "fault.* is set ({f:?}), but this binary was built without fault injection: \
+                 only a test build (cargo build --features hourglass/fault-injection) can break \
+                 the guarantees on purpose"
+            ));
+        }
         Ok(self)
     }
 
@@ -825,9 +804,6 @@ impl<P: Provider> Provider for Layer<P> {
 
     fn data(&self) -> figment::Result<Map<Profile, Dict>> {
         let mut data = self.inner.data()?;
-        if self.source == Source::Env {
-            read_deprecated_env(data.entry(Profile::Default).or_default())?;
-        }
         for dict in data.values_mut() {
             read_millisecond_keys(dict, self.source)?;
         }
@@ -844,33 +820,6 @@ fn section<'a>(dict: &'a mut Dict, name: &str) -> Option<&'a mut Dict> {
         Some(Value::Dict(_, table)) => Some(table),
         _ => None,
     }
-}
-
-fn read_deprecated_env(dict: &mut Dict) -> figment::Result<()> {
-    for (var, key) in DEPRECATED_ENV {
-        let Ok(text) = std::env::var(var) else {
-            continue;
-        };
-        let (section, name) = key
-            .split_once('.')
-            .expect("deprecated keys are in a section");
-        if let Some(Value::Dict(_, table)) = dict.get(section) {
-            if table.contains_key(name) {
-                return Err(format!(
-                    "{var} (deprecated) and {} are both set; keep {}",
-                    env_var(key),
-                    env_var(key)
-                )
-                .into());
-            }
-        }
-        insert(
-            dict,
-            key,
-            text.trim().parse().expect("parsing a value cannot fail"),
-        );
-    }
-    Ok(())
 }
 
 /// Rewrites each `<key>_ms = N` into `<key> = "Nms"`.
@@ -1058,7 +1007,7 @@ mod tests {
     "#;
 
     fn load(file: Option<&str>, flags: &Overrides) -> Result<NodeConfig> {
-        NodeConfig::load(file.map(Path::new), flags).map(|l| l.config)
+        NodeConfig::load(file.map(Path::new), flags)
     }
 
     fn flags(assignments: &[&str]) -> Overrides {
@@ -1387,7 +1336,11 @@ mod tests {
                 .1;
             assert_ne!(text, default_text, "{key} is at its default in the test");
         }
-        assert!(config.clone().validate().is_ok());
+        let without_faults = NodeConfig {
+            fault: FaultConfig::default(),
+            ..config.clone()
+        };
+        assert!(without_faults.validate().is_ok());
         assert_eq!(NodeConfig::from_toml(&config.to_toml()).unwrap(), config);
         Jail::expect_with(|jail| {
             jail.clear_env();
@@ -1430,6 +1383,22 @@ mod tests {
         };
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("fault.lose_fired_fraction"), "{e}");
+        let faulty = NodeConfig {
+            node_id: 1,
+            replication_factor: 1,
+            fault: FaultConfig {
+                lose_fired_fraction: 0.05,
+                early_fire_ms: 0,
+            },
+            ..Default::default()
+        };
+        let checked = faulty.validate();
+        if cfg!(feature = "fault-injection") {
+            assert!(checked.is_ok(), "{checked:?}");
+        } else {
+            let e = err(checked);
+            assert!(e.contains("built without fault injection"), "{e}");
+        }
         Jail::expect_with(|jail| {
             jail.clear_env();
             jail.set_env("HOURGLASS_FAULT__LOSE_FIRED_FRACTION", "0.1");
@@ -1438,22 +1407,6 @@ mod tests {
             assert_eq!(
                 (c.fault.lose_fired_fraction, c.fault.early_fire_ms),
                 (0.1, 1_500)
-            );
-            // The chaos harness's former variables still work, with a warning.
-            jail.clear_env();
-            jail.set_env("HOURGLASS_FAULT_LOSE_FIRES", "0.05");
-            jail.set_env("HOURGLASS_FAULT_EARLY_FIRE_MS", "2000");
-            let loaded = NodeConfig::load(None, &Overrides::default()).unwrap();
-            let f = &loaded.config.fault;
-            assert_eq!((f.lose_fired_fraction, f.early_fire_ms), (0.05, 2_000));
-            assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
-            assert!(loaded.warnings[0].contains("HOURGLASS_FAULT__LOSE_FIRED_FRACTION"));
-            jail.set_env("HOURGLASS_FAULT__LOSE_FIRED_FRACTION", "0.1");
-            let e = err(load(None, &Overrides::default()));
-            assert!(
-                e.contains("HOURGLASS_FAULT_LOSE_FIRES")
-                    && e.contains("HOURGLASS_FAULT__LOSE_FIRED_FRACTION"),
-                "{e}"
             );
             Ok(())
         });
@@ -1511,7 +1464,6 @@ mod tests {
             known.insert(env_var(&key));
         }
         known.extend(NON_CONFIG_ENV.iter().map(|v| v.to_string()));
-        known.extend(DEPRECATED_ENV.iter().map(|(v, _)| v.to_string()));
         let mut found = BTreeSet::new();
         let mut stack = vec![repo()];
         while let Some(dir) = stack.pop() {

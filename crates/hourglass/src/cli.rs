@@ -7,10 +7,18 @@ use hourglass_server::auth::Role;
 use hourglass_server::config::Overrides;
 use hourglass_server::Peer;
 
+/// `--version`: a test build says it can break its guarantees on purpose, and the chaos harness
+/// checks for that word before it injects a fault.
+const VERSION: &str = if cfg!(feature = "fault-injection") {
+    concat!(env!("CARGO_PKG_VERSION"), " (fault-injection)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 #[derive(Parser)]
 #[command(
     name = "hourglass",
-    version,
+    version = VERSION,
     about = "Durable timers, replicated with Raft."
 )]
 pub struct Cli {

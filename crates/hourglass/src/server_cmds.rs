@@ -19,13 +19,12 @@ fn init_tracing() {
         .try_init();
 }
 
-/// The validated configuration, with the warnings loading it gave.
-fn effective_config(args: &ServeArgs) -> anyhow::Result<(NodeConfig, Vec<String>)> {
+/// The validated configuration.
+fn effective_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     let flags = args.overrides()?;
-    let loaded = NodeConfig::load(args.config.as_deref(), &flags)?;
-    let mut config = loaded.config;
+    let mut config = NodeConfig::load(args.config.as_deref(), &flags)?;
     config.rejoin = args.rejoin;
-    Ok((config.validate()?, loaded.warnings))
+    Ok(config.validate()?)
 }
 
 async fn stop_signal() {
@@ -44,18 +43,12 @@ async fn stop_signal() {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let (config, warnings) = effective_config(&args).map_err(|e| Failure { code: 1, error: e })?;
+    let config = effective_config(&args).map_err(|e| Failure { code: 1, error: e })?;
     if args.print_config {
-        for w in &warnings {
-            eprintln!("warning: {w}");
-        }
         print!("{}", config.to_toml());
         return Ok(());
     }
     init_tracing();
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
     let node = tokio::select! {
         node = Node::start(config) => node?,
         _ = stop_signal() => return Ok(()),

@@ -26,6 +26,8 @@ use self::delivery::{Delivery, DeliveryWindows, FiredIndex, WindowConfig};
 use self::expiry::{Expiry, TombstoneIndex};
 use crate::clock::TimeSource;
 use crate::clock_probe::NodeClock;
+#[cfg(feature = "fault-injection")]
+use crate::config::FaultConfig;
 use crate::config::NodeConfig;
 use crate::dispatch::Dispatcher;
 use crate::group::Group;
@@ -46,12 +48,10 @@ pub struct EngineConfig {
     pub max_sleep: Duration,
     /// Tombstones older than this are expired.
     pub tombstone_retention: Duration,
-    /// Fault injection for the chaos harness (`fault.lose_fired_fraction`): this fraction of
-    /// fired timers is acknowledged without being delivered, i.e. lost. Always 0 otherwise.
-    pub lose_fired_fraction: f64,
-    /// Fault injection for the chaos harness (`fault.early_fire`): the engine
-    /// acts as if cluster time were this much later, so timers fire early. Always 0 otherwise.
-    pub early_fire_ms: u64,
+    /// The faults the chaos harness injects (`fault.*`): a share of fired timers acknowledged
+    /// undelivered, and cluster time moved ahead so that timers fire early. Test builds only.
+    #[cfg(feature = "fault-injection")]
+    pub fault: FaultConfig,
 }
 
 impl From<&NodeConfig> for EngineConfig {
@@ -67,8 +67,8 @@ impl From<&NodeConfig> for EngineConfig {
             },
             max_sleep: Duration::from_millis(500),
             tombstone_retention: Duration::from_millis(timers.tombstone_retention_ms),
-            lose_fired_fraction: config.fault.lose_fired_fraction,
-            early_fire_ms: config.fault.early_fire_ms,
+            #[cfg(feature = "fault-injection")]
+            fault: config.fault.clone(),
         }
     }
 }
@@ -147,6 +147,7 @@ struct Engine {
     /// Published count of timers in memory, for status.
     in_memory: Arc<AtomicU64>,
     /// Where the injected fault sends the timers it loses.
+    #[cfg(feature = "fault-injection")]
     acks: mpsc::UnboundedSender<TimerKey>,
 }
 
@@ -165,11 +166,14 @@ pub struct EngineContext {
     pub in_memory: Arc<AtomicU64>,
 }
 
-/// Cluster time over `replicas`, shifted by the injected fault if any.
-fn cluster_now(clock: &NodeClock, replicas: &[NodeId], early_fire_ms: u64) -> Option<u64> {
-    clock
-        .now_ms(replicas)
-        .map(|t| t.saturating_add(early_fire_ms))
+/// Cluster time over `replicas` (in a test build, moved ahead by the injected fault if any).
+fn cluster_now(clock: &NodeClock, replicas: &[NodeId], config: &EngineConfig) -> Option<u64> {
+    let now = clock.now_ms(replicas);
+    #[cfg(feature = "fault-injection")]
+    let now = now.map(|t| t.saturating_add(config.fault.early_fire_ms));
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = config;
+    now
 }
 
 /// Runs the engine of a partition until `stop` turns true or leadership is lost.
@@ -224,7 +228,7 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
         }
     };
     let start = loop {
-        if let Some(now) = cluster_now(&clock, &replicas, config.early_fire_ms) {
+        if let Some(now) = cluster_now(&clock, &replicas, &config) {
             break now.max(high_water);
         }
         tokio::select! {
@@ -234,7 +238,9 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
     };
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let wake = Arc::new(Notify::new());
-    dispatcher.attach_partition(partition, ack_tx.clone(), Arc::clone(&wake));
+    #[cfg(feature = "fault-injection")]
+    let ack_tx_for_faults = ack_tx.clone();
+    dispatcher.attach_partition(partition, ack_tx, Arc::clone(&wake));
     // Runs however the engine ends, also when its task is aborted.
     let _cleanup = Cleanup {
         partition,
@@ -288,7 +294,8 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
         ),
         next_sweep: tokio::time::Instant::now(),
         in_memory: Arc::clone(&in_memory),
-        acks: ack_tx,
+        #[cfg(feature = "fault-injection")]
+        acks: ack_tx_for_faults,
         core,
         clock,
         replicas,
@@ -319,7 +326,7 @@ impl Engine {
             if *stop.borrow() {
                 return Ok(());
             }
-            let wait = match cluster_now(&self.clock, &self.replicas, self.config.early_fire_ms) {
+            let wait = match cluster_now(&self.clock, &self.replicas, &self.config) {
                 None => {
                     if !clock_missing_logged {
                         warn!(
@@ -405,6 +412,7 @@ impl Engine {
     }
 
     fn offer(&self, deliveries: Vec<Delivery>) {
+        #[cfg(feature = "fault-injection")]
         let deliveries = self.inject_loss(deliveries);
         if !deliveries.is_empty() {
             self.dispatcher.offer(self.partition, deliveries);
@@ -468,10 +476,11 @@ impl Engine {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 impl Engine {
     /// The injected fault: completes a deterministic share of fired timers undelivered.
     fn inject_loss(&self, timers: Vec<Delivery>) -> Vec<Delivery> {
-        let fraction = self.config.lose_fired_fraction;
+        let fraction = self.config.fault.lose_fired_fraction;
         if fraction <= 0.0 {
             return timers;
         }
@@ -488,7 +497,9 @@ impl Engine {
         }
         kept
     }
+}
 
+impl Engine {
     /// Proposes the next batch of the sweep under way, if any: tombstones past their
     /// retention, oldest first, with the sweep's cutoff (cluster time minus the retention).
     async fn expire_tombstones(&mut self) -> Result<(), String> {
@@ -585,6 +596,10 @@ mod tests {
             (30, 4096)
         );
         assert_eq!(e.tombstone_retention, Duration::from_secs(3600));
-        assert_eq!((e.lose_fired_fraction, e.early_fire_ms), (0.25, 3_000));
+        #[cfg(feature = "fault-injection")]
+        assert_eq!(
+            (e.fault.lose_fired_fraction, e.fault.early_fire_ms),
+            (0.25, 3_000)
+        );
     }
 }

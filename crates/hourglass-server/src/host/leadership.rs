@@ -7,10 +7,14 @@ use hourglass_types::NodeId;
 use openraft::{BasicNode, LogId, RaftMetrics};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{warn, Instrument};
+#[cfg(feature = "fault-injection")]
+use tracing::warn;
+use tracing::Instrument;
 
 use super::groups::GroupSlot;
 use super::Host;
+#[cfg(feature = "fault-injection")]
+use crate::config::FaultConfig;
 use crate::engine::{self, EngineConfig};
 
 /// What one look at a group's metrics shows.
@@ -58,7 +62,8 @@ fn engine_change(leading: bool, running: bool) -> Option<EngineChange> {
     }
 }
 
-pub(super) fn warn_if_faults_injected(node_id: NodeId, config: &EngineConfig) {
+#[cfg(feature = "fault-injection")]
+pub(super) fn warn_if_faults_injected(node_id: NodeId, config: &FaultConfig) {
     if config.lose_fired_fraction > 0.0 {
         warn!(
             node_id,

@@ -25,7 +25,6 @@ use crate::clock::{ClockConfig, SystemTimeSource, TimeSource};
 use crate::clock_probe::{self, NodeClock};
 use crate::config::NodeConfig;
 use crate::dispatch::Dispatcher;
-use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::network::Peers;
@@ -134,7 +133,8 @@ impl Host {
         }
         let meta = self.meta.get().expect("set above");
         identity::warn_if_placement_differs(self.node_id, meta, &self.config);
-        leadership::warn_if_faults_injected(self.node_id, &EngineConfig::from(&self.config));
+        #[cfg(feature = "fault-injection")]
+        leadership::warn_if_faults_injected(self.node_id, &self.config.fault);
         let groups = self.open_groups(meta).await?;
         let _ = self.groups.set(groups);
         let host = Arc::clone(self);
