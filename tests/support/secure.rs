@@ -9,7 +9,6 @@ use hourglass_client::v1;
 use hourglass_client::v1::workers_client::WorkersClient;
 use hourglass_proto::internal::raft_transport_client::RaftTransportClient;
 use hourglass_proto::internal::HelloRequest;
-use tokio_stream::StreamExt as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::Code;
 
@@ -133,18 +132,5 @@ pub fn ack(workflow_id: &str, timer_id: &str) -> v1::WorkerMessage {
             workflow_id: workflow_id.into(),
             timer_id: timer_id.into(),
         })),
-    }
-}
-
-/// The next delivery on a [`worker_stream`], within `within`.
-pub async fn next_delivery(
-    deliveries: &mut tonic::Streaming<v1::Delivery>,
-    within: Duration,
-) -> Result<v1::Delivery> {
-    match tokio::time::timeout(within, deliveries.next()).await {
-        Ok(Some(Ok(d))) => Ok(d),
-        Ok(Some(Err(s))) => bail!("the stream ended: {s}"),
-        Ok(None) => bail!("the stream ended"),
-        Err(_) => bail!("no delivery within {within:?}"),
     }
 }
