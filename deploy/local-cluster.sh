@@ -263,7 +263,7 @@ Hourglass is running: $n nodes, data and logs in $DIR
   metrics:        http://127.0.0.1:$((HTTP_BASE + 1))/metrics
 DONE
   if is_tls; then
-    cat <<TLS
+    cat <<CONNECT
 
 TLS is on: every call needs credentials. The CA, certificates, keys and tokens are in $CERTS.
 Connect as the admin with the flags in the commands below, or once for this shell:
@@ -271,7 +271,7 @@ Connect as the admin with the flags in the commands below, or once for this shel
 With a token instead (role client: timers; role worker: deliveries):
   $(printf '%q' "$BIN") --ca $ca --token-file $(printf '%q' "$CERTS/local-client.token") --endpoints $(endpoints "$n") timer get --workflow order-1 --id reminder
   $(printf '%q' "$BIN") --ca $ca --token-file $(printf '%q' "$CERTS/local-worker.token") --endpoints $(endpoints "$n") worker --queue default
-TLS
+CONNECT
   fi
   cat <<DONE
 
