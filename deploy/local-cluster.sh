@@ -3,7 +3,9 @@
 #
 # Node i serves its client port (gRPC) on 127.0.0.1:(7000+i), its peer port (Raft transport)
 # on 127.0.0.1:(8000+i) and HTTP on 127.0.0.1:(9000+i); its data and log
-# live under $HOURGLASS_CLUSTER_DIR (default: .local-cluster/ in the repository).
+# live under $HOURGLASS_CLUSTER_DIR (default: .local-cluster/ in the repository). A cluster
+# made with `up --tls` keeps its CA, certificates and tokens in certs/ there, and stays a TLS
+# cluster for every later command.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,14 +15,19 @@ PARTITIONS="${HOURGLASS_PARTITIONS:-16}"
 GRPC_BASE="${HOURGLASS_BASE_PORT:-7000}"
 PEER_BASE=$((GRPC_BASE + 1000))
 HTTP_BASE="${HOURGLASS_HTTP_BASE_PORT:-9000}"
+CERTS="$DIR/certs"
 
 usage() {
   cat <<USAGE
 usage: deploy/local-cluster.sh COMMAND [ARGS]
 
-  up [N]       start an N-node cluster (default 3, at most 9); builds the release binary
+  up [N] [--tls]
+               start an N-node cluster (default 3, at most 9); builds the release binary
                when it is missing or older than the sources; returns once every partition
-               has a leader
+               has a leader. --tls (when the cluster is created) makes a CA, node
+               certificates, an admin client certificate and a client and a worker token
+               in the cluster directory's certs/, and runs every node with TLS and
+               authentication; the cluster stays so until 'wipe'
   down         stop every node (SIGTERM, then SIGKILL after 10 s)
   status       node processes and the cluster's partitions and leaders
   start I      start node I
@@ -46,6 +53,17 @@ usage_error() { echo "local-cluster: $*" >&2; echo "run 'deploy/local-cluster.sh
 node_dir() { echo "$DIR/node-$1"; }
 pid_of() { cat "$(node_dir "$1")/pid" 2>/dev/null || true; }
 cluster_size() { cat "$DIR/size" 2>/dev/null || echo 0; }
+# Written once every certificate and token exists, so a failed `up --tls` is simply rerun.
+is_tls() { [[ -f "$CERTS/complete" ]]; }
+
+# The CLI as the cluster's admin: over TLS with the admin certificate on a TLS cluster.
+cli() {
+  if is_tls; then
+    "$BIN" --ca "$CERTS/ca.crt" --cert "$CERTS/client-admin.crt" --key "$CERTS/client-admin.key" "$@"
+  else
+    "$BIN" "$@"
+  fi
+}
 
 is_running() {
   local pid; pid="$(pid_of "$1")"
@@ -115,6 +133,46 @@ peers = [$quoted]
 partitions = $PARTITIONS
 replication_factor = $rf
 TOML
+  if is_tls; then
+    cat >> "$d/node.toml" <<TOML
+
+[tls]
+ca = "$CERTS/ca.crt"
+cert = "$CERTS/node-$i.crt"
+key = "$CERTS/node-$i.key"
+
+[auth]
+tokens_file = "$CERTS/tokens.toml"
+TOML
+  fi
+}
+
+# A token NAME of ROLE: its secret in certs/NAME.token (0600), its entry in the tokens file.
+make_token() {
+  local name="$1" role="$2" out
+  out="$("$BIN" token new "$name" --role "$role")" || die "hourglass token new failed"
+  (umask 077 && head -n 1 <<<"$out" > "$CERTS/$name.token")
+  # The rest of the output is comment lines and the entry.
+  sed '1d; /^#/d' <<<"$out" >> "$CERTS/tokens.toml"
+}
+
+# The CA, a certificate per node, the admin's and two tokens; what exists already is kept.
+make_certs() {
+  local n="$1" i
+  is_tls && return 0
+  mkdir -p "$CERTS"
+  [[ -f "$CERTS/ca.crt" ]] || "$BIN" cert init --dir "$CERTS" >/dev/null || die "hourglass cert init failed"
+  for ((i = 1; i <= n; i++)); do
+    [[ -f "$CERTS/node-$i.crt" ]] || "$BIN" cert node "$i" --dir "$CERTS" >/dev/null \
+      || die "hourglass cert node $i failed"
+  done
+  [[ -f "$CERTS/client-admin.crt" ]] || "$BIN" cert client admin --dir "$CERTS" --role admin >/dev/null \
+    || die "hourglass cert client admin failed"
+  # Tokens are made together: a rerun after a failure starts their file again.
+  : > "$CERTS/tokens.toml"
+  make_token local-client client
+  make_token local-worker worker
+  touch "$CERTS/complete"
 }
 
 start_node() {
@@ -144,7 +202,7 @@ wait_for_leaders() {
   echo -n "waiting for every partition to elect a leader" >&2
   for _ in $(seq 1 240); do
     local out
-    if out="$("$BIN" --endpoints "$endpoints" cluster status --json 2>/dev/null)" \
+    if out="$(cli --endpoints "$endpoints" cluster status --json 2>/dev/null)" \
         && ! grep -q '"leader": null' <<<"$out"; then
       echo " done" >&2
       return 0
@@ -163,14 +221,24 @@ wait_for_leaders() {
 }
 
 cmd_up() {
-  local n="${1:-3}"
+  local n=3 tls=0 arg
+  for arg in "$@"; do
+    case "$arg" in
+      --tls) tls=1 ;;
+      *) n="$arg" ;;
+    esac
+  done
   [[ "$n" =~ ^[1-9]$ ]] || usage_error "cluster size must be 1-9, got '$n'"
   local existing; existing="$(cluster_size)"
   if [[ "$existing" != 0 && "$existing" != "$n" ]]; then
     die "a $existing-node cluster exists in $DIR; run 'down' and 'wipe' before creating a $n-node one"
   fi
+  if [[ "$tls" == 1 && "$existing" != 0 ]] && ! is_tls; then
+    die "the cluster in $DIR runs without TLS; run 'down' and 'wipe' before creating one with --tls"
+  fi
   ensure_binary
   mkdir -p "$DIR"
+  if [[ "$tls" == 1 ]]; then make_certs "$n"; fi
   echo "$n" > "$DIR/size"
   local i
   for ((i = 1; i <= n; i++)); do
@@ -178,18 +246,40 @@ cmd_up() {
     start_node "$i"
   done
   wait_for_leaders "$n"
+  # What a reader pastes: the binary and, on a TLS cluster, the admin's credentials.
+  local hg; hg="$(printf '%q' "$BIN")"
+  if is_tls; then
+    local ca crt key
+    ca="$(printf '%q' "$CERTS/ca.crt")"
+    crt="$(printf '%q' "$CERTS/client-admin.crt")"
+    key="$(printf '%q' "$CERTS/client-admin.key")"
+    hg+=" --ca $ca --cert $crt --key $key"
+  fi
   cat <<DONE
 
 Hourglass is running: $n nodes, data and logs in $DIR
   gRPC endpoints: $(endpoints "$n")
   health:         http://127.0.0.1:$((HTTP_BASE + 1))/healthz  http://127.0.0.1:$((HTTP_BASE + 1))/readyz
   metrics:        http://127.0.0.1:$((HTTP_BASE + 1))/metrics
+DONE
+  if is_tls; then
+    cat <<CONNECT
+
+TLS is on: every call needs credentials. The CA, certificates, keys and tokens are in $CERTS.
+Connect as the admin with the flags in the commands below, or once for this shell:
+  export HOURGLASS_CA=$ca HOURGLASS_CERT=$crt HOURGLASS_KEY=$key
+With a token instead (role client: timers; role worker: deliveries):
+  $(printf '%q' "$BIN") --ca $ca --token-file $(printf '%q' "$CERTS/local-client.token") --endpoints $(endpoints "$n") timer get --workflow order-1 --id reminder
+  $(printf '%q' "$BIN") --ca $ca --token-file $(printf '%q' "$CERTS/local-worker.token") --endpoints $(endpoints "$n") worker --queue default
+CONNECT
+  fi
+  cat <<DONE
 
 Next steps:
-  $BIN --endpoints $(endpoints "$n") timer schedule --workflow order-1 --id reminder --in 30s --payload hello
-  $BIN --endpoints $(endpoints "$n") worker --queue default
-  $BIN timer get --workflow order-1 --id reminder --endpoints 127.0.0.1:$((GRPC_BASE + 2))
-  $BIN --endpoints $(endpoints "$n") cluster status
+  $hg --endpoints $(endpoints "$n") timer schedule --workflow order-1 --id reminder --in 30s --payload hello
+  $hg --endpoints $(endpoints "$n") worker --queue default
+  $hg timer get --workflow order-1 --id reminder --endpoints 127.0.0.1:$((GRPC_BASE + 2))
+  $hg --endpoints $(endpoints "$n") cluster status
   deploy/local-cluster.sh kill 1      # then read the timer back through node 2
   deploy/local-cluster.sh down
 DONE
@@ -207,7 +297,7 @@ cmd_status() {
   done
   [[ -n "$endpoints" ]] || { echo "no node is running"; return 1; }
   echo
-  "$BIN" --endpoints "$endpoints" cluster status
+  cli --endpoints "$endpoints" cluster status
 }
 
 main() {

@@ -3,13 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hourglass_client::{v1, Client, RetryPolicy, Tls};
-use hourglass_proto::v1::workers_client::WorkersClient;
+use hourglass_client::{Client, RetryPolicy, Tls};
+use hourglass_tests::secure::{code, eventually, worker_stream};
 use hourglass_tests::{cert, hourglass_bin, schedule_in, Cluster, Options};
-use tokio_stream::StreamExt as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -60,59 +59,11 @@ fn with_cert(certs: &Path, name: &str) -> Result<Tls> {
     Ok(Tls::from_files(&certs.join("ca.crt"), Some((&crt, &key)))?)
 }
 
-fn code<T: std::fmt::Debug>(r: hourglass_client::Result<T>) -> Option<Code> {
-    match r {
-        Ok(_) => None,
-        Err(e) => Some(e.code().unwrap_or(Code::Unknown)),
-    }
-}
-
 /// What a Subscribe to `queue` on node 1 answers, presenting `token`.
 async fn subscribe(cluster: &Cluster, ca: &Path, token: &str, queue: &str) -> Result<(), Code> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
-        .domain_name("node-1");
-    let channel = Channel::from_shared(format!("https://{}", cluster.node(1).addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|_| Code::Unavailable)?;
-    let start = v1::WorkerMessage {
-        message: Some(v1::worker_message::Message::Start(v1::SubscribeStart {
-            queue: queue.into(),
-            worker_id: "auth-test".into(),
-            credits: 1,
-        })),
-    };
-    // The stream stays open (pending) after `start`, so the node answers the subscription.
-    let messages = tokio_stream::iter([start]).chain(tokio_stream::pending());
-    let mut request = tonic::Request::new(messages);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    WorkersClient::new(channel)
-        .subscribe(request)
+    worker_stream(&cluster.node(1).addr, 1, ca, token, queue)
         .await
         .map(|_| ())
-        .map_err(|s| s.code())
-}
-
-/// Waits until `check` holds, polling (the nodes reread the tokens file every 2 s).
-async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !check().await {
-        if Instant::now() > deadline {
-            bail!("{what} did not happen within 15 s");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -347,3 +347,92 @@ fn serve_print_config_refuses_unknown_and_doubled_keys() {
         assert!(e.contains("built without fault injection"), "{var}: {e}");
     }
 }
+
+/// `hourglass dev --tls`: prints how to connect, and the printed command works while a
+/// plaintext one is refused.
+#[test]
+fn dev_with_tls_prints_a_working_connection() {
+    const TLS_BASE: u16 = 25_000;
+    let data = tempfile::tempdir().unwrap();
+    let mut dev = Command::new(hourglass_bin())
+        .args([
+            "dev",
+            "--tls",
+            "--nodes",
+            "1",
+            "--partitions",
+            "2",
+            "--base-port",
+            &TLS_BASE.to_string(),
+            "--data",
+        ])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(data.path().join("dev.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut printed = Vec::new();
+    for line in BufReader::new(dev.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.contains("press Ctrl-C") {
+            break;
+        }
+        printed.push(line);
+    }
+    let log = || std::fs::read_to_string(data.path().join("dev.log")).unwrap_or_default();
+    assert!(
+        printed.iter().any(|l| l.contains("cluster is up")),
+        "{printed:?}\n{}",
+        log()
+    );
+    let certs = data.path().join("certs");
+    let exports = printed
+        .iter()
+        .find_map(|l| l.strip_prefix("connect:"))
+        .unwrap_or_else(|| panic!("no connect line: {printed:?}"));
+    assert!(exports.contains(&format!("HOURGLASS_CA={}", certs.join("ca.crt").display())));
+    let status = printed
+        .iter()
+        .find(|l| l.ends_with("cluster status"))
+        .unwrap()
+        .split_once("hourglass ")
+        .unwrap()
+        .1;
+    let pasted = Command::new("bash")
+        .arg("-c")
+        .arg(format!("{} {status}", hourglass_bin().display()))
+        .output()
+        .unwrap();
+    assert!(
+        pasted.status.success(),
+        "{status}: {}",
+        String::from_utf8_lossy(&pasted.stderr)
+    );
+    assert!(String::from_utf8_lossy(&pasted.stdout).contains("partition"));
+    let via_env = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{exports}; {} --endpoints 127.0.0.1:{} cluster status",
+            hourglass_bin().display(),
+            TLS_BASE + 1
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        via_env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&via_env.stderr)
+    );
+    let plain = Command::new(hourglass_bin())
+        .args(["--endpoints", &format!("127.0.0.1:{}", TLS_BASE + 1)])
+        .args(["cluster", "status"])
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "plaintext answered");
+    Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status()
+        .unwrap();
+    let status = dev.wait().unwrap();
+    assert!(status.success(), "dev exited with {status}\n{}", log());
+}

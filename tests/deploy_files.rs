@@ -12,8 +12,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Validates a node configuration with the real binary; extra flags fill per-node keys.
-fn assert_valid_config(toml: &Path, extra: &[&str]) {
+/// Validates a node configuration with the real binary; extra flags fill per-node keys. The
+/// effective configuration.
+fn assert_valid_config(toml: &Path, extra: &[&str]) -> toml::Table {
     let out = Command::new(hourglass_bin())
         .args(["serve", "--print-config", "--config"])
         .arg(toml)
@@ -26,6 +27,35 @@ fn assert_valid_config(toml: &Path, extra: &[&str]) {
         toml.display(),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).parse().unwrap()
+}
+
+/// The effective configuration runs with TLS and requires credentials; the files it names
+/// (certificates, key, tokens) lie under one of `mounts`, the directories the deployment
+/// provides them in. Returns the node certificate's path.
+fn assert_secured(printed: &toml::Table, mounts: &[&str]) -> String {
+    let key = |section: &str, key: &str| {
+        printed[section][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{section}.{key} missing: {printed}"))
+            .to_owned()
+    };
+    let files = [
+        key("tls", "ca"),
+        key("tls", "cert"),
+        key("tls", "key"),
+        key("auth", "tokens_file"),
+    ];
+    for file in &files {
+        assert!(
+            mounts
+                .iter()
+                .any(|m| file.starts_with(&format!("{}/", m.trim_end_matches('/')))),
+            "{file} is under none of {mounts:?}"
+        );
+    }
+    assert_eq!(printed["auth"]["required"].as_bool(), Some(true));
+    files[1].clone()
 }
 
 #[test]
@@ -43,7 +73,11 @@ fn docker_compose_describes_three_distinct_nodes() {
             .as_str()
             .unwrap()
             .ends_with(":7001"));
-        assert_eq!(s["volumes"].as_sequence().unwrap().len(), 1);
+        let volumes = s["volumes"].as_sequence().unwrap();
+        assert_eq!(volumes.len(), 2);
+        assert!(volumes
+            .iter()
+            .any(|v| v.as_str() == Some("./certs:/etc/hourglass/certs:ro")));
     }
     ids.sort();
     assert_eq!(ids, ["1", "2", "3"]);
@@ -106,6 +140,22 @@ fn docker_compose_environment_is_a_valid_configuration() {
         assert_eq!(printed["node_id"].to_string(), id.1);
         assert_eq!(printed["peers"].as_array().unwrap().len(), 3);
         assert_eq!(printed["data_dir"].as_str(), Some("/var/lib/hourglass"));
+        let mounts: Vec<&str> = service["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str()?.split(':').nth(1))
+            .collect();
+        let cert = assert_secured(&printed, &mounts);
+        assert_eq!(cert, format!("/etc/hourglass/certs/node-{}.crt", id.1));
+    }
+    // The image alone runs with TLS too: it names the three files, the deployment mounts them.
+    for key in [
+        "HOURGLASS_TLS__CA",
+        "HOURGLASS_TLS__CERT",
+        "HOURGLASS_TLS__KEY",
+    ] {
+        assert!(image_env.iter().any(|(k, _)| k == key), "{key} missing");
     }
 }
 
@@ -137,7 +187,15 @@ fn kubernetes_manifests_have_what_a_statefulset_needs() {
     let dir = tempfile::tempdir().unwrap();
     let toml = dir.path().join("node.toml");
     std::fs::write(&toml, cm["data"]["node.toml"].as_str().unwrap()).unwrap();
-    assert_valid_config(
+    // Each pod adds its own certificate, by its node id, from the Secret's files.
+    let args = container["args"][0].as_str().unwrap();
+    for flag in [
+        "--tls-cert \"/etc/hourglass/tls/node-${HOURGLASS_NODE_ID}.crt\"",
+        "--tls-key \"/etc/hourglass/tls/node-${HOURGLASS_NODE_ID}.key\"",
+    ] {
+        assert!(args.contains(flag), "{flag} missing from {args}");
+    }
+    let printed = assert_valid_config(
         &toml,
         &[
             "--node-id",
@@ -146,8 +204,32 @@ fn kubernetes_manifests_have_what_a_statefulset_needs() {
             "hourglass-1.hourglass:7001",
             "--peer-advertise",
             "hourglass-1.hourglass:8001",
+            "--tls-cert",
+            "/etc/hourglass/tls/node-2.crt",
+            "--tls-key",
+            "/etc/hourglass/tls/node-2.key",
         ],
     );
+    // The certificates and the tokens file are mounted from Secrets.
+    let pod = &sts["spec"]["template"]["spec"];
+    let mut secret_mounts = Vec::new();
+    for mount in container["volumeMounts"].as_sequence().unwrap() {
+        // The data volume comes from the claim templates instead.
+        let Some(volume) = pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+        else {
+            continue;
+        };
+        if let Some(secret) = volume["secret"]["secretName"].as_str() {
+            assert_eq!(mount["readOnly"].as_bool(), Some(true), "{secret}");
+            secret_mounts.push(mount["mountPath"].as_str().unwrap());
+        }
+    }
+    assert_eq!(secret_mounts.len(), 2, "{secret_mounts:?}");
+    assert_secured(&printed, &secret_mounts);
 }
 
 #[test]
@@ -161,7 +243,8 @@ fn systemd_unit_and_example_config() {
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} missing");
     }
-    assert_valid_config(&repo().join("deploy/systemd/node.toml.example"), &[]);
+    let printed = assert_valid_config(&repo().join("deploy/systemd/node.toml.example"), &[]);
+    assert_secured(&printed, &["/etc/hourglass"]);
 }
 
 /// Every metric the Grafana dashboard queries is one the nodes export.

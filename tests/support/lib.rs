@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hourglass_client::{v1, Client, RetryPolicy, Tls};
 
+pub mod secure;
+
 /// The release `hourglass` binary next to this test executable (`target/release/`), or
 /// `$HOURGLASS_BIN`.
 pub fn hourglass_bin() -> PathBuf {

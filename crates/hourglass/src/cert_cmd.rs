@@ -28,33 +28,11 @@ const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 pub fn run(cmd: CertCommand) -> anyhow::Result<()> {
     match cmd {
         CertCommand::Init { dir } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let key = KeyPair::generate()?;
-            let cert = ca_params()?.self_signed(&key)?;
-            write_pair(&dir, "ca", &cert, &key)?;
+            init(&dir)?;
             println!("CA written to {}/ca.crt (key ca.key: keep it offline once the certificates are made)", dir.display());
         }
         CertCommand::Node { id, dir, host } => {
-            if id == 0 {
-                bail!("node ids are positive integers");
-            }
-            let (ca, ca_key) = load_ca(&dir)?;
-            let hosts = if host.is_empty() {
-                vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
-            } else {
-                host
-            };
-            let mut names = vec![node_name(id)];
-            names.extend(hosts);
-            let mut params = leaf_params(names, &node_name(id))?;
-            // A node both serves (its ports) and dials (its peers).
-            params.extended_key_usages = vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ];
-            let key = KeyPair::generate()?;
-            let cert = params.signed_by(&key, &ca, &ca_key)?;
-            write_pair(&dir, &node_name(id), &cert, &key)?;
+            node(id, &dir, host)?;
             println!(
                 "node {id}: {0}/{1}.crt and {0}/{1}.key",
                 dir.display(),
@@ -63,18 +41,7 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<()> {
         }
         CertCommand::Client { name, dir, role } => {
             let role = Role::from(role);
-            check_name(&name)?;
-            let (ca, ca_key) = load_ca(&dir)?;
-            // No SAN: a client certificate is valid for no name, so never for a node's.
-            let mut params = leaf_params(Vec::new(), &name)?;
-            params
-                .distinguished_name
-                .push(DnType::OrganizationalUnitName, role.as_str());
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            let key = KeyPair::generate()?;
-            let cert = params.signed_by(&key, &ca, &ca_key)?;
-            let file = format!("client-{name}");
-            write_pair(&dir, &file, &cert, &key)?;
+            let file = client(&name, &dir, role)?;
             println!(
                 "client {name} (role {}): {1}/{file}.crt and {1}/{file}.key",
                 role.as_str(),
@@ -83,6 +50,56 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Creates the CA: `dir/ca.crt` and `dir/ca.key`.
+pub fn init(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = KeyPair::generate()?;
+    let cert = ca_params()?.self_signed(&key)?;
+    write_pair(dir, "ca", &cert, &key)
+}
+
+/// Creates node `id`'s certificate, valid for `hosts` too (none: localhost and 127.0.0.1).
+pub fn node(id: u64, dir: &Path, hosts: Vec<String>) -> anyhow::Result<()> {
+    if id == 0 {
+        bail!("node ids are positive integers");
+    }
+    let (ca, ca_key) = load_ca(dir)?;
+    let hosts = if hosts.is_empty() {
+        vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+    } else {
+        hosts
+    };
+    let mut names = vec![node_name(id)];
+    names.extend(hosts);
+    let mut params = leaf_params(names, &node_name(id))?;
+    // A node both serves (its ports) and dials (its peers).
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    write_pair(dir, &node_name(id), &cert, &key)
+}
+
+/// Creates client `name`'s certificate carrying `role`; returns the files' name without
+/// extension (`client-NAME`).
+pub fn client(name: &str, dir: &Path, role: Role) -> anyhow::Result<String> {
+    check_name(name)?;
+    let (ca, ca_key) = load_ca(dir)?;
+    // No SAN: a client certificate is valid for no name, so never for a node's.
+    let mut params = leaf_params(Vec::new(), name)?;
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, role.as_str());
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    let file = format!("client-{name}");
+    write_pair(dir, &file, &cert, &key)?;
+    Ok(file)
 }
 
 /// Client names, in certificates and tokens alike: letters, digits, '.', '_' and '-'.

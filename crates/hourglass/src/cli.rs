@@ -459,6 +459,11 @@ pub struct DevArgs {
     /// BASE+2000+i.
     #[arg(long, default_value_t = 7000)]
     pub base_port: u16,
+    /// Run with TLS and authentication: a CA, node certificates and an admin client
+    /// certificate are made in the data directory's certs/ (kept when --data is reused), and
+    /// how to connect with them is printed.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Subcommand)]

@@ -1,9 +1,12 @@
 //! `serve` and `dev`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hourglass_client::Client;
+use hourglass_client::{Client, RetryPolicy, Tls};
+use hourglass_server::auth::Role;
+use hourglass_server::config::TlsConfig;
+use hourglass_server::tls::node_name;
 use hourglass_server::{Node, NodeConfig, Peer};
 use tracing_subscriber::EnvFilter;
 
@@ -80,6 +83,21 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
             (Some(t), p)
         }
     };
+    let certs = root.join("certs");
+    if args.tls {
+        dev_certs(&certs, args.nodes)?;
+    }
+    let node_tls = |i: u32| {
+        if !args.tls {
+            return TlsConfig::default();
+        }
+        let name = node_name(u64::from(i));
+        TlsConfig {
+            ca: Some(certs.join("ca.crt")),
+            cert: Some(certs.join(format!("{name}.crt"))),
+            key: Some(certs.join(format!("{name}.key"))),
+        }
+    };
     let peers: Vec<Peer> = (1..=args.nodes)
         .map(|i| Peer {
             id: u64::from(i),
@@ -105,6 +123,7 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
             peers: peers.clone(),
             partitions: args.partitions,
             replication_factor: args.nodes.min(3) as usize,
+            tls: node_tls(i),
             ..NodeConfig::default()
         })
         .collect();
@@ -125,7 +144,19 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
         return Err(e.into());
     }
     let endpoints: Vec<String> = peers.iter().map(|p| p.address.clone()).collect();
-    wait_for_leaders(&endpoints).await?;
+    // The CLI's credentials on a TLS cluster: the admin certificate.
+    let admin = args.tls.then(|| {
+        (
+            certs.join("ca.crt"),
+            certs.join("client-admin.crt"),
+            certs.join("client-admin.key"),
+        )
+    });
+    let tls = match &admin {
+        Some((ca, crt, key)) => Some(Tls::from_files(ca, Some((crt, key)))?),
+        None => None,
+    };
+    wait_for_leaders(&endpoints, tls).await?;
     println!(
         "hourglass dev cluster is up: {} nodes, {} partitions",
         args.nodes, args.partitions
@@ -139,10 +170,30 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
             http(p.id as u32)
         );
     }
+    let mut hourglass = "hourglass".to_owned();
+    if let Some((ca, crt, key)) = &admin {
+        println!(
+            "tls:       on; every call needs credentials (certificates in {})",
+            certs.display()
+        );
+        println!(
+            "connect:   export HOURGLASS_CA={} HOURGLASS_CERT={} HOURGLASS_KEY={}",
+            ca.display(),
+            crt.display(),
+            key.display()
+        );
+        println!("           or the flags in the commands below");
+        hourglass = format!(
+            "hourglass --ca {} --cert {} --key {}",
+            ca.display(),
+            crt.display(),
+            key.display()
+        );
+    }
     let list = endpoints.join(",");
-    println!("try:       hourglass --endpoints {list} timer schedule --workflow order-1 --id reminder --in 30s --payload hello");
-    println!("           hourglass --endpoints {list} worker --queue default");
-    println!("           hourglass --endpoints {list} cluster status");
+    println!("try:       {hourglass} --endpoints {list} timer schedule --workflow order-1 --id reminder --in 30s --payload hello");
+    println!("           {hourglass} --endpoints {list} worker --queue default");
+    println!("           {hourglass} --endpoints {list} cluster status");
     println!("press Ctrl-C to stop");
     stop_signal().await;
     for n in nodes {
@@ -151,9 +202,26 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The CA, every node's certificate and the admin's in `dir`; what exists already is kept, so
+/// a reused data directory keeps its credentials.
+fn dev_certs(dir: &Path, nodes: u32) -> anyhow::Result<()> {
+    if !dir.join("ca.crt").exists() {
+        crate::cert_cmd::init(dir)?;
+    }
+    for i in 1..=u64::from(nodes) {
+        if !dir.join(format!("{}.crt", node_name(i))).exists() {
+            crate::cert_cmd::node(i, dir, Vec::new())?;
+        }
+    }
+    if !dir.join("client-admin.crt").exists() {
+        crate::cert_cmd::client("admin", dir, Role::Admin)?;
+    }
+    Ok(())
+}
+
 /// Waits until every partition reports a leader.
-pub async fn wait_for_leaders(endpoints: &[String]) -> Result<(), Failure> {
-    let client = Client::new(endpoints)?;
+async fn wait_for_leaders(endpoints: &[String], tls: Option<Tls>) -> Result<(), Failure> {
+    let client = Client::with_options(endpoints, RetryPolicy::default(), tls)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(status) = client.cluster_status().await {
