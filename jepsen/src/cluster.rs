@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use hourglass_client::Client;
+use anyhow::{bail, Context, Result};
+use hourglass_client::{Client, Tls};
 
 use crate::net;
 
@@ -44,6 +44,53 @@ pub struct Cluster {
     pub dir: PathBuf,
     /// Extra environment for every node (the fault-injection flag).
     pub env: Vec<(String, String)>,
+    /// With TLS, where the CA and the certificates are.
+    certs: Option<PathBuf>,
+}
+
+/// How clients and workers reach the cluster.
+#[derive(Clone)]
+pub struct Access {
+    pub endpoints: Vec<String>,
+    /// With TLS: the cluster CA and the admin client certificate.
+    pub tls: Option<Tls>,
+}
+
+/// A CA, a certificate per node (naming its address in the namespace) and an admin client
+/// certificate, made by the binary under test so that the run also covers its `cert` commands.
+fn make_certs(bin: &Path, dir: &Path, count: u64) -> Result<()> {
+    let dir_arg = dir.to_str().context("a UTF-8 run directory")?;
+    let mut steps = vec![vec!["init".to_string()]];
+    for i in 1..=count {
+        steps.push(vec![
+            "node".into(),
+            i.to_string(),
+            "--host".into(),
+            net::node_addr(i),
+        ]);
+    }
+    steps.push(vec![
+        "client".into(),
+        "admin".into(),
+        "--role".into(),
+        "admin".into(),
+    ]);
+    for step in steps {
+        let out = Command::new(bin)
+            .arg("cert")
+            .args(&step)
+            .args(["--dir", dir_arg])
+            .output()
+            .with_context(|| format!("running {} cert", bin.display()))?;
+        if !out.status.success() {
+            bail!(
+                "hourglass cert {}: {}",
+                step.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(())
 }
 
 impl Cluster {
@@ -53,11 +100,10 @@ impl Cluster {
         dir: &Path,
         partitions: u32,
         env: Vec<(String, String)>,
+        tls: bool,
     ) -> Result<Self> {
         if !Path::new(LIBFAKETIME).exists() {
-            anyhow::bail!(
-                "{LIBFAKETIME} is missing: install faketime (deploy/install-deps.sh faketime)"
-            );
+            bail!("{LIBFAKETIME} is missing: install faketime (deploy/install-deps.sh faketime)");
         }
         let peers: Vec<String> = (1..=count)
             .map(|i| {
@@ -65,7 +111,19 @@ impl Cluster {
                 format!("\"{i}={addr}:7001/{addr}:8001\"")
             })
             .collect();
+        let certs = dir.join("certs");
+        if tls {
+            make_certs(&bin, &certs, count)?;
+        }
         for i in 1..=count {
+            let tls_section = if tls {
+                format!(
+                    "[tls]\nca = \"{0}/ca.crt\"\ncert = \"{0}/node-{i}.crt\"\nkey = \"{0}/node-{i}.key\"\n",
+                    certs.display()
+                )
+            } else {
+                String::new()
+            };
             let nd = dir.join(format!("node-{i}"));
             std::fs::create_dir_all(&nd)?;
             std::fs::write(nd.join("clock"), format!("{}\n", clock_file_offset(0)))?;
@@ -75,7 +133,7 @@ impl Cluster {
                     "node_id = {i}\nlisten = \"{addr}:7001\"\npeer_listen = \"{addr}:8001\"\n\
                      http_listen = \"{addr}:9001\"\ndata_dir = \"{}\"\n\
                      peers = [{}]\npartitions = {partitions}\nreplication_factor = 3\n\
-                     [timers]\nack_timeout_ms = 5000\n",
+                     [timers]\nack_timeout_ms = 5000\n{tls_section}",
                     nd.join("data").display(),
                     peers.join(", "),
                     addr = net::node_addr(i),
@@ -93,6 +151,7 @@ impl Cluster {
             bin,
             dir: dir.to_path_buf(),
             env,
+            certs: tls.then_some(certs),
         };
         for i in 1..=count {
             cluster.start(i)?;
@@ -104,11 +163,22 @@ impl Cluster {
         self.dir.join(format!("node-{id}"))
     }
 
-    pub fn endpoints(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|n| format!("{}:7001", net::node_addr(n.id)))
-            .collect()
+    pub fn access(&self) -> Result<Access> {
+        let tls = match &self.certs {
+            Some(dir) => Some(Tls::from_files(
+                &dir.join("ca.crt"),
+                Some((&dir.join("client-admin.crt"), &dir.join("client-admin.key"))),
+            )?),
+            None => None,
+        };
+        Ok(Access {
+            endpoints: self
+                .nodes
+                .iter()
+                .map(|n| format!("{}:7001", net::node_addr(n.id)))
+                .collect(),
+            tls,
+        })
     }
 
     pub fn is_running(&mut self, id: u64) -> bool {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use hourglass_client::Client;
+use hourglass_client::{Client, RetryPolicy};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -104,6 +104,10 @@ struct RunArgs {
     /// release builds refuse the fault keys.
     #[arg(long)]
     inject_fault: Option<String>,
+    /// Run the cluster with TLS: a CA and node certificates made by the binary's `cert`
+    /// commands, mTLS between nodes, and clients and workers presenting an admin certificate.
+    #[arg(long)]
+    tls: bool,
 }
 
 fn parse_duration(flag: &str, v: &str) -> Result<Duration> {
@@ -231,9 +235,13 @@ async fn run_in_network(args: &RunArgs, plan: Plan) -> Result<bool> {
         out,
     } = plan;
     let rec = Recorder::create(&out.join("history.jsonl"))?;
-    let mut cluster = cluster::Cluster::new(args.nodes, bin, &out, args.partitions, env)?;
-    let endpoints = cluster.endpoints();
-    let admin = Client::new(&endpoints)?;
+    let mut cluster = cluster::Cluster::new(args.nodes, bin, &out, args.partitions, env, args.tls)?;
+    let access = cluster.access()?;
+    let admin = Client::with_options(
+        &access.endpoints,
+        RetryPolicy::default(),
+        access.tls.clone(),
+    )?;
     eprintln!("jepsen: waiting for {} nodes to elect leaders", args.nodes);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -261,7 +269,7 @@ async fn run_in_network(args: &RunArgs, plan: Plan) -> Result<bool> {
         .map(|(n, kill)| {
             tokio::spawn(workload::worker(
                 n,
-                endpoints.clone(),
+                access.clone(),
                 rec.clone(),
                 Arc::clone(kill),
                 Arc::clone(&stop_workers),
@@ -270,7 +278,7 @@ async fn run_in_network(args: &RunArgs, plan: Plan) -> Result<bool> {
         })
         .collect();
     let clients = tokio::spawn(workload::clients(
-        endpoints.clone(),
+        access.clone(),
         rec.clone(),
         workload::WorkloadOptions {
             clients: args.clients,

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hourglass_client::{v1, Client, RetryPolicy, Worker, WorkerOptions};
+
+use crate::cluster::Access;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -39,13 +41,14 @@ pub struct Known {
     pub last_due: u64,
 }
 
-fn client(endpoints: &[String]) -> Client {
-    Client::with_retry(
-        endpoints,
+fn client(access: &Access) -> Client {
+    Client::with_options(
+        &access.endpoints,
         RetryPolicy {
             budget: Duration::from_secs(4),
             attempt_timeout: Duration::from_secs(2),
         },
+        access.tls.clone(),
     )
     .expect("endpoints are valid")
 }
@@ -154,7 +157,7 @@ async fn do_cancel(c: &Client, rec: &Recorder, process: &str, w: &str, t: &str) 
 
 /// Runs clients until `stop`; returns nothing, everything goes to the history.
 pub async fn clients(
-    endpoints: Vec<String>,
+    access: Access,
     rec: Recorder,
     opts: WorkloadOptions,
     known: Arc<Mutex<Known>>,
@@ -163,8 +166,8 @@ pub async fn clients(
     let mut tasks = Vec::new();
     let per_client = Duration::from_micros(1_000_000 * opts.clients as u64 / opts.rate.max(1));
     for n in 0..opts.clients {
-        let (endpoints, rec, known, stop, opts) = (
-            endpoints.clone(),
+        let (access, rec, known, stop, opts) = (
+            access.clone(),
             rec.clone(),
             Arc::clone(&known),
             Arc::clone(&stop),
@@ -172,7 +175,7 @@ pub async fn clients(
         );
         tasks.push(tokio::spawn(async move {
             let process = format!("client-{n}");
-            let c = Arc::new(client(&endpoints));
+            let c = Arc::new(client(&access));
             let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_mul(31).wrapping_add(n as u64));
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -253,7 +256,7 @@ fn ts(t: &Option<prost_types::Timestamp>) -> Option<u64> {
 /// nemesis kills it.
 pub async fn worker(
     n: usize,
-    endpoints: Vec<String>,
+    access: Access,
     rec: Recorder,
     kill: Arc<tokio::sync::Notify>,
     stop: Arc<AtomicBool>,
@@ -263,7 +266,7 @@ pub async fn worker(
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(7).wrapping_add(n as u64));
     let slow = n == 0;
     while !stop.load(Ordering::Relaxed) {
-        let c = Arc::new(client(&endpoints));
+        let c = Arc::new(client(&access));
         let mut options = WorkerOptions::new(QUEUE);
         options.worker_id = process.clone();
         options.credits = 32;
