@@ -459,9 +459,15 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One call of `method` with these messages (one for a unary method), to its end: the stream
-/// of a subscription is read until the node ends it, after the messages were all sent.
-async fn call(channel: &Channel, method: Method, messages: Vec<Vec<u8>>) -> Result<(), Status> {
+/// One call of `method` with these messages (one for a unary method), to its end or
+/// `timeout`: the stream of a subscription is read until the node ends it, after the messages
+/// were all sent.
+async fn call(
+    channel: &Channel,
+    method: Method,
+    messages: Vec<Vec<u8>>,
+    timeout: Duration,
+) -> Result<(), Status> {
     let mut grpc = tonic::client::Grpc::new(channel.clone())
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
@@ -469,7 +475,6 @@ async fn call(channel: &Channel, method: Method, messages: Vec<Vec<u8>>) -> Resu
         .await
         .map_err(|e| Status::unavailable(format!("not ready: {e}")))?;
     let path = PathAndQuery::from_static(method.path());
-    let timeout = Duration::from_secs(10);
     if let Method::Subscribe = method {
         let mut request = tonic::Request::new(tokio_stream::iter(messages));
         request.set_timeout(timeout);
@@ -553,7 +558,21 @@ async fn fuzz_every_method_of_a_real_cluster() -> Result<()> {
             Port::Client => &client_port,
             Port::Peer => &peer_port,
         };
-        let answer = call(channel, method, messages.clone()).await;
+        // Calls end with the budget: while forged votes keep a partition leaderless, a
+        // Schedule waits for a commit until its deadline.
+        let timeout = budget
+            .saturating_sub(start.elapsed())
+            .clamp(Duration::from_millis(500), Duration::from_secs(10));
+        // The deadline a call sends bounds only what the node does before it answers; a
+        // subscription's stream is bounded here.
+        let answer =
+            tokio::time::timeout(timeout, call(channel, method, messages.clone(), timeout))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(
+                        "no end within the call's timeout",
+                    ))
+                });
         calls += 1;
         let code = answer.as_ref().err().map_or(Code::Ok, Status::code);
         *codes
