@@ -3,7 +3,8 @@
 //! The public API (`hourglass.v1`) is compiled on its own: its file descriptor set, written
 //! next to the generated code, is what server reflection serves, so reflection describes the
 //! public services and never the internal transport. Its generated clients and servers use
-//! [`hourglass_proto::codec::Codec`], which answers undecodable requests INVALID_ARGUMENT.
+//! [`hourglass_proto::codec::Codec`], which answers undecodable requests INVALID_ARGUMENT; so
+//! do the internal transport's, whose peer port anyone may reach.
 
 use std::path::PathBuf;
 
@@ -35,10 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = prost_build::Config::new();
     config.protoc_executable(&protoc);
-    tonic_build::configure().compile_protos_with_config(
-        config,
-        &INTERNAL.map(|f| root.join(f)),
-        &includes,
-    )?;
+    tonic_build::configure()
+        .codec_path("crate::codec::Codec")
+        .compile_protos_with_config(config, &INTERNAL.map(|f| root.join(f)), &includes)?;
     Ok(())
 }

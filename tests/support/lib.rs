@@ -247,6 +247,14 @@ impl Cluster {
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log);
+        // The node's whole configuration is its file: the tests' own HOURGLASS_* variables
+        // (HOURGLASS_TEST_KEEP, HOURGLASS_FUZZ_SECS, …) are no configuration keys, and a node
+        // refuses to start on unknown ones.
+        for (var, _) in std::env::vars() {
+            if var.starts_with("HOURGLASS_") {
+                command.env_remove(var);
+            }
+        }
         if self.faketime {
             let node = self.node(id);
             command

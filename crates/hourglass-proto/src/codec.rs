@@ -1,5 +1,6 @@
-//! The codec of the public API's generated clients and servers: tonic's prost codec, except
-//! for what a request that does not decode is answered.
+//! The codec of the generated clients and servers (the public API and the internal
+//! transport): tonic's prost codec, except for what a request that does not decode is
+//! answered.
 //!
 //! tonic answers every protobuf decode failure INTERNAL. For a request that is the caller's
 //! mistake, a string field that is not UTF-8 say, so the public services answer
@@ -39,6 +40,14 @@ direction!(true =>
     crate::v1::ScheduleBatchRequest,
     crate::v1::ClusterStatusRequest,
     crate::v1::WorkerMessage,
+    // Also the transport's answer to AppendEntries, Vote and InstallSnapshot: the same type
+    // both ways, declared for the server, whose port strangers reach. A node that cannot
+    // decode a peer's answer sees INVALID_ARGUMENT there instead of INTERNAL; it treats every
+    // failed call alike (a network error, retried).
+    crate::internal::RaftMessage,
+    crate::internal::HelloRequest,
+    crate::internal::LocalStatusRequest,
+    crate::internal::ClockRequest,
 );
 direction!(false =>
     crate::v1::ScheduleResponse,
@@ -48,6 +57,9 @@ direction!(false =>
     crate::v1::ScheduleBatchResponse,
     crate::v1::ClusterStatusResponse,
     crate::v1::Delivery,
+    crate::internal::HelloResponse,
+    crate::internal::LocalStatusResponse,
+    crate::internal::ClockResponse,
 );
 
 /// tonic's prost codec with [`decode_error`] for undecodable requests.
@@ -217,6 +229,21 @@ mod tests {
         assert_eq!(
             status.get_details_error_info().unwrap().reason,
             "MALFORMED_REQUEST"
+        );
+    }
+
+    /// Regression (found building tests/fuzz.rs): the transport's generated server used
+    /// tonic's own codec, and answered bytes that are no RaftMessage INTERNAL.
+    #[test]
+    fn fuzz_regression_an_undecodable_transport_request_is_invalid_argument() {
+        use crate::internal::RaftMessage;
+        // Field 2 (body) claims 5 bytes; one follows.
+        let e = RaftMessage::decode(&[0x12, 0x05, 0x01][..]).unwrap_err();
+        let status = decode_error(&e, <RaftMessage as Direction>::REQUEST);
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(
+            status.get_details_bad_request().unwrap().field_violations[0].field,
+            "body"
         );
     }
 

@@ -15,6 +15,8 @@ mod convert;
 mod dispatch;
 mod engine;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod group;
 mod host;
 mod http;

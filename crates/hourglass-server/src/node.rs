@@ -40,6 +40,12 @@ use crate::tls::{PeerAuth, Tls};
 use crate::transport::TransportService;
 use crate::workers::WorkersService;
 
+/// Most bytes of one request message on the client port (tonic's default, made explicit):
+/// larger ones are refused OUT_OF_RANGE before they are decoded. A Schedule's payload is at
+/// most `max_payload_bytes` (64 KiB by default) and a ScheduleBatch's payloads 3 MiB, so
+/// every valid request fits. The peer port decodes up to [`MAX_RAFT_MESSAGE_BYTES`].
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
 pub struct Node {
     host: Arc<Host>,
     grpc_addr: SocketAddr,
@@ -187,19 +193,22 @@ impl Node {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(InterceptedService::new(
-                TimersServer::new(TimersService::new(Arc::clone(&host))),
+                TimersServer::new(TimersService::new(Arc::clone(&host)))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
                 client_auth.clone(),
             ))
             .add_service(InterceptedService::new(
                 AdminServer::new(AdminService {
                     host: Arc::clone(&host),
-                }),
+                })
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
                 client_auth.clone(),
             ))
             .add_service(InterceptedService::new(
                 WorkersServer::new(WorkersService {
                     host: Arc::clone(&host),
-                }),
+                })
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
                 client_auth.clone(),
             ));
         let peer_auth = PeerAuth {

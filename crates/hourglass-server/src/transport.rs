@@ -36,7 +36,7 @@ impl TransportService {
     }
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     bincode::deserialize(body).map_err(|e| {
         Error::from(hourglass_types::Error::invalid(
             "body",
