@@ -45,6 +45,9 @@ pub const NON_CONFIG_ENV: &[&str] = &[
     "HOURGLASS_TOKEN_FILE",
     "HOURGLASS_BIN",
     "HOURGLASS_CLUSTER_DIR",
+    // tests/fuzz.rs: its time budget and seed.
+    "HOURGLASS_FUZZ_SECS",
+    "HOURGLASS_FUZZ_SEED",
     "HOURGLASS_BASE_PORT",
     "HOURGLASS_HTTP_BASE_PORT",
     "HOURGLASS_DEPS_ROOT",
@@ -1501,27 +1504,27 @@ mod tests {
         );
     }
 
+    /// `config` fails validation with an error that says `named`.
+    fn refused(config: NodeConfig, named: &str) {
+        let e = err(config.validate());
+        assert!(e.contains(named), "{e}");
+    }
+
     #[test]
     fn validation_names_the_problem() {
         let base = NodeConfig {
             node_id: 1,
             ..Default::default()
         };
-        assert!(NodeConfig {
-            node_id: 0,
-            ..base.clone()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("node_id"));
+        refused(
+            NodeConfig {
+                node_id: 0,
+                ..base.clone()
+            },
+            "node_id",
+        );
         // A lone node cannot hold three replicas.
-        assert!(base
-            .clone()
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("replication_factor"));
+        refused(base.clone(), "replication_factor");
         let single = NodeConfig {
             replication_factor: 1,
             ..base.clone()
@@ -1529,21 +1532,15 @@ mod tests {
         .validate()
         .unwrap();
         assert_eq!(single.peers.len(), 1);
-        let e = NodeConfig {
-            raft: RaftConfig {
-                heartbeat_interval_ms: 600,
-                ..Default::default()
+        refused(
+            NodeConfig {
+                raft: RaftConfig {
+                    heartbeat_interval_ms: 600,
+                    ..Default::default()
+                },
+                ..single.clone()
             },
-            ..single.clone()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains(
-                "raft.election_timeout_min (1s) must exceed twice raft.heartbeat_interval (600ms)"
-            ),
-            "{e}"
+            "raft.election_timeout_min (1s) must exceed twice raft.heartbeat_interval (600ms)",
         );
         // Unset, the idle timeout follows a longer ack timeout; set, it must not undercut it.
         let long_acks = TimersConfig {
@@ -1552,33 +1549,26 @@ mod tests {
         };
         assert_eq!(long_acks.idle_stream_timeout_ms(), 90_000);
         assert_eq!(TimersConfig::default().idle_stream_timeout_ms(), 60_000);
-        let e = NodeConfig {
-            timers: TimersConfig {
-                idle_stream_timeout: Some(Duration::from_secs(60).into()),
-                ..long_acks
+        refused(
+            NodeConfig {
+                timers: TimersConfig {
+                    idle_stream_timeout: Some(Duration::from_secs(60).into()),
+                    ..long_acks
+                },
+                ..single.clone()
             },
-            ..single.clone()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains(
-                "timers.idle_stream_timeout (1m) must be at least timers.ack_timeout (1m 30s)"
-            ),
-            "{e}"
+            "timers.idle_stream_timeout (1m) must be at least timers.ack_timeout (1m 30s)",
         );
-        let e = NodeConfig {
-            grpc: GrpcConfig {
-                http2_keepalive_timeout_ms: 0,
-                ..Default::default()
+        refused(
+            NodeConfig {
+                grpc: GrpcConfig {
+                    http2_keepalive_timeout_ms: 0,
+                    ..Default::default()
+                },
+                ..single.clone()
             },
-            ..single.clone()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("grpc.http2_keepalive_timeout"), "{e}");
+            "grpc.http2_keepalive_timeout",
+        );
         // The delivery window at the edges of what it accepts.
         for (window, bytes, named) in [
             (
@@ -1602,18 +1592,17 @@ mod tests {
                 "timers.delivery_window_bytes must be in 1048576..=1073741824",
             ),
         ] {
-            let e = NodeConfig {
-                timers: TimersConfig {
-                    delivery_window: window,
-                    delivery_window_bytes: bytes,
-                    ..Default::default()
+            refused(
+                NodeConfig {
+                    timers: TimersConfig {
+                        delivery_window: window,
+                        delivery_window_bytes: bytes,
+                        ..Default::default()
+                    },
+                    ..single.clone()
                 },
-                ..single.clone()
-            }
-            .validate()
-            .unwrap_err()
-            .to_string();
-            assert!(e.contains(named), "{e}");
+                named,
+            );
         }
         for (window, bytes) in [(1, 1 << 20), (1_000_000, 1 << 30)] {
             NodeConfig {
@@ -1628,19 +1617,15 @@ mod tests {
             .unwrap();
         }
         for tcp_keepalive_ms in [500, 32_768_000] {
-            let e = NodeConfig {
-                grpc: GrpcConfig {
-                    tcp_keepalive_ms,
-                    ..Default::default()
+            refused(
+                NodeConfig {
+                    grpc: GrpcConfig {
+                        tcp_keepalive_ms,
+                        ..Default::default()
+                    },
+                    ..single.clone()
                 },
-                ..single.clone()
-            }
-            .validate()
-            .unwrap_err()
-            .to_string();
-            assert!(
-                e.contains("grpc.tcp_keepalive must be in 1s..=32767s"),
-                "{e}"
+                "grpc.tcp_keepalive must be in 1s..=32767s",
             );
         }
         assert!("x".parse::<Peer>().is_err());
@@ -1650,41 +1635,32 @@ mod tests {
         assert!(e.contains("names no peer (Raft transport) address"), "{e}");
         let p: Peer = "7=10.0.0.1:7001/10.0.0.1:8001".parse().unwrap();
         assert_eq!((p.id, p.peer_address.as_str()), (7, "10.0.0.1:8001"));
-        let e = NodeConfig {
-            peer_listen: single.listen,
-            ..single.clone()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("peer_listen (127.0.0.1:7001) must differ from listen"),
-            "{e}"
-        );
-        let e = NodeConfig {
-            tls: TlsConfig {
-                ca: Some("ca.crt".into()),
-                ..Default::default()
+        refused(
+            NodeConfig {
+                peer_listen: single.listen,
+                ..single.clone()
             },
-            ..single.clone()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("tls.ca, tls.cert and tls.key must be given together"),
-            "{e}"
+            "peer_listen (127.0.0.1:7001) must differ from listen",
         );
-        let e = NodeConfig {
-            auth: AuthConfig {
-                tokens_file: Some("tokens.toml".into()),
-                ..Default::default()
+        refused(
+            NodeConfig {
+                tls: TlsConfig {
+                    ca: Some("ca.crt".into()),
+                    ..Default::default()
+                },
+                ..single.clone()
             },
-            ..single.clone()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("auth.tokens_file needs TLS"), "{e}");
+            "tls.ca, tls.cert and tls.key must be given together",
+        );
+        refused(
+            NodeConfig {
+                auth: AuthConfig {
+                    tokens_file: Some("tokens.toml".into()),
+                    ..Default::default()
+                },
+                ..single.clone()
+            },
+            "auth.tokens_file needs TLS",
+        );
     }
 }

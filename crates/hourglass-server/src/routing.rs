@@ -52,6 +52,13 @@ impl Router {
             let leader = group.metrics().borrow().current_leader;
             return match leader {
                 Some(id) if id == self.host.node_id => Ok(Target::Local(group)),
+                // Only a forged or corrupt Raft message can name a leader outside the
+                // configuration; there is nowhere to forward to until a real one is elected.
+                Some(id) if self.host.peers.address(id).is_none() => Err(self.unavailable(
+                    partition,
+                    format!("the known leader, node {id}, is not a configured peer"),
+                    None,
+                )),
                 Some(id) if hops < MAX_HOPS => Ok(Target::Remote(id)),
                 Some(id) => Err(self.unavailable(partition, "leadership is moving", Some(id))),
                 None => Err(self.unavailable(partition, "no leader elected yet", None)),
