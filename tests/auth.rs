@@ -301,6 +301,9 @@ async fn certificate_entries_limit_certificates_and_reload() -> Result<()> {
     let all = [1, 2, 3];
     let app_entry = limited_cert(&certs, "app", &["--role", "client", "--prefix", "a-"])?;
     let mailer_entry = limited_cert(&certs, "mailer", &["--role", "worker", "--queue", "q1"])?;
+    // An entry the nodes would refuse is refused before the certificate is written.
+    assert!(limited_cert(&certs, "odd", &["--role", "worker", "--prefix", "a-"]).is_err());
+    assert!(!certs.join("client-odd.crt").exists());
     std::fs::write(&tokens_file, format!("{app_entry}\n{mailer_entry}"))?;
 
     // The entry limits the certificate on every node once they reread the file.
