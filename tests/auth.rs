@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use hourglass_client::{Client, RetryPolicy, Tls};
-use hourglass_tests::secure::{code, eventually, worker_stream};
+use hourglass_tests::secure::{code, eventually, worker_stream, Credential};
 use hourglass_tests::{cert, hourglass_bin, schedule_in, Cluster, Options};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::Code;
@@ -59,9 +59,14 @@ fn with_cert(certs: &Path, name: &str) -> Result<Tls> {
     Ok(Tls::from_files(&certs.join("ca.crt"), Some((&crt, &key)))?)
 }
 
-/// What a Subscribe to `queue` on node 1 answers, presenting `token`.
-async fn subscribe(cluster: &Cluster, ca: &Path, token: &str, queue: &str) -> Result<(), Code> {
-    worker_stream(&cluster.node(1).addr, 1, ca, token, queue)
+/// What a Subscribe to `queue` on node 1 answers, presenting `credential`.
+async fn subscribe(
+    cluster: &Cluster,
+    ca: &Path,
+    credential: Credential<'_>,
+    queue: &str,
+) -> Result<(), Code> {
+    worker_stream(&cluster.node(1).addr, 1, ca, credential, queue)
         .await
         .map(|_| ())
 }
@@ -140,7 +145,10 @@ async fn credentials_and_roles_are_enforced_and_tokens_reload() -> Result<()> {
         }
         c.cluster_status().await.context(who)?;
     }
-    assert_eq!(subscribe(&cluster, &ca, &admin_token, "any").await, Ok(()));
+    assert_eq!(
+        subscribe(&cluster, &ca, Credential::Token(&admin_token), "any").await,
+        Ok(())
+    );
 
     // A worker certificate may not schedule.
     let dir_arg = certs.to_str().context("UTF-8 path")?;
@@ -191,17 +199,17 @@ async fn credentials_and_roles_are_enforced_and_tokens_reload() -> Result<()> {
         .await;
     assert_eq!(code(batch), Some(Code::PermissionDenied));
     assert_eq!(
-        subscribe(&cluster, &ca, &client_token, "jobs").await,
+        subscribe(&cluster, &ca, Credential::Token(&client_token), "jobs").await,
         Err(Code::PermissionDenied)
     );
 
     // A worker token subscribes to its queue only.
     assert_eq!(
-        subscribe(&cluster, &ca, &worker_token, "jobs").await,
+        subscribe(&cluster, &ca, Credential::Token(&worker_token), "jobs").await,
         Ok(())
     );
     assert_eq!(
-        subscribe(&cluster, &ca, &worker_token, "other").await,
+        subscribe(&cluster, &ca, Credential::Token(&worker_token), "other").await,
         Err(Code::PermissionDenied)
     );
     let refused = cluster.metric(1, "hourglass_client_calls_refused_total")? - before;
@@ -263,5 +271,87 @@ async fn credentials_and_roles_are_enforced_and_tokens_reload() -> Result<()> {
         .get("a/0", "t")
         .await
         .context("admin after the reload")?;
+    Ok(())
+}
+
+/// The `[[certificate]]` entry `hourglass cert client NAME ARGS` printed, making the
+/// certificate in `certs`.
+fn limited_cert(certs: &Path, name: &str, args: &[&str]) -> Result<String> {
+    let dir = certs.to_str().context("UTF-8 path")?;
+    let out = cert(&[&["client", name, "--dir", dir], args].concat())?;
+    let at = out
+        .find("[[certificate]]")
+        .with_context(|| format!("no entry printed: {out}"))?;
+    Ok(out[at..].to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificate_entries_limit_certificates_and_reload() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tokens_file: PathBuf = dir.path().join("tokens.toml");
+    std::fs::write(&tokens_file, "")?;
+    let cluster = Cluster::start(Options {
+        tls: true,
+        extra_toml: format!("[auth]\ntokens_file = \"{}\"\n", tokens_file.display()),
+        ..Options::default()
+    })
+    .await?;
+    let certs = cluster.certs.clone().context("TLS cluster")?;
+    let ca = certs.join("ca.crt");
+    let all = [1, 2, 3];
+    let app_entry = limited_cert(&certs, "app", &["--role", "client", "--prefix", "a-"])?;
+    let mailer_entry = limited_cert(&certs, "mailer", &["--role", "worker", "--queue", "q1"])?;
+    // An entry the nodes would refuse is refused before the certificate is written.
+    assert!(limited_cert(&certs, "odd", &["--role", "worker", "--prefix", "a-"]).is_err());
+    assert!(!certs.join("client-odd.crt").exists());
+    std::fs::write(&tokens_file, format!("{app_entry}\n{mailer_entry}"))?;
+
+    // The entry limits the certificate on every node once they reread the file.
+    for id in all {
+        let app = client(&cluster, &[id], with_cert(&certs, "app")?)?;
+        eventually("the certificate's prefixes", || async {
+            code(app.get("b-1", "t").await) == Some(Code::PermissionDenied)
+        })
+        .await?;
+    }
+    let app = client(&cluster, &all, with_cert(&certs, "app")?)?;
+    app.schedule(schedule_in("a-1", "t", Duration::from_secs(60), ""))
+        .await
+        .context("the limited certificate schedules a-1")?;
+    assert_eq!(
+        code(
+            app.schedule(schedule_in("b-1", "t", Duration::from_secs(60), ""))
+                .await
+        ),
+        Some(Code::PermissionDenied)
+    );
+
+    let (mailer_crt, mailer_key) = (
+        certs.join("client-mailer.crt"),
+        certs.join("client-mailer.key"),
+    );
+    let mailer = Credential::Certificate(&mailer_crt, &mailer_key);
+    assert_eq!(subscribe(&cluster, &ca, mailer, "q1").await, Ok(()));
+    assert_eq!(
+        subscribe(&cluster, &ca, mailer, "q2").await,
+        Err(Code::PermissionDenied)
+    );
+
+    // Removing the entry gives the certificate its whole role back, without re-issuing it.
+    std::fs::write(&tokens_file, &mailer_entry)?;
+    for id in all {
+        let app = client(&cluster, &[id], with_cert(&certs, "app")?)?;
+        eventually("the certificate's prefixes lifted", || async {
+            code(app.get("b-1", "t").await) == Some(Code::NotFound)
+        })
+        .await?;
+    }
+    app.schedule(schedule_in("b-1", "t", Duration::from_secs(60), ""))
+        .await
+        .context("the certificate schedules b-1 once its entry is removed")?;
+    assert_eq!(
+        subscribe(&cluster, &ca, mailer, "q2").await,
+        Err(Code::PermissionDenied)
+    );
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use hourglass_client::{Client, RetryPolicy, Tls};
-use hourglass_tests::secure::{ack, code, eventually, peer_hello, worker_stream};
+use hourglass_tests::secure::{ack, code, eventually, peer_hello, worker_stream, Credential};
 use hourglass_tests::{cert, hourglass_bin, schedule_in};
 use tonic::Code;
 
@@ -379,7 +379,14 @@ async fn a_tls_cluster_admits_only_whom_it_should() -> anyhow::Result<()> {
     let mut intruders = Vec::new();
     for i in 1..=3u16 {
         let addr = format!("127.0.0.1:{}", s.base + i);
-        let stream = worker_stream(&addr, u64::from(i), &ca, &worker_token, "elsewhere").await;
+        let stream = worker_stream(
+            &addr,
+            u64::from(i),
+            &ca,
+            Credential::Token(&worker_token),
+            "elsewhere",
+        )
+        .await;
         intruders.push(stream.map_err(|c| anyhow::anyhow!("subscribing: {c:?}"))?);
     }
     admin

@@ -61,8 +61,9 @@ pub struct NodeProc {
     child: Option<Child>,
 }
 
-/// Runs `hourglass cert ARGS` (the CLI makes every certificate the tests use).
-pub fn cert(args: &[&str]) -> Result<()> {
+/// Runs `hourglass cert ARGS` (the CLI makes every certificate the tests use); returns what
+/// it printed.
+pub fn cert(args: &[&str]) -> Result<String> {
     let out = Command::new(hourglass_bin())
         .arg("cert")
         .args(args)
@@ -73,7 +74,7 @@ pub fn cert(args: &[&str]) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(())
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// A cluster of `hourglass serve` processes. Dropping it kills them.

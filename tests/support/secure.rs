@@ -82,13 +82,22 @@ pub async fn peer_hello(
         .map_err(|s| s.code())
 }
 
+/// How a test's caller proves who it is on the client port.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// A bearer token.
+    Token(&'a str),
+    /// A client certificate and its key.
+    Certificate(&'a Path, &'a Path),
+}
+
 /// A worker's stream to queue `queue` on node `node` (client port `addr`), presenting
-/// `token`: the sender of its further messages (acks) and its deliveries.
+/// `credential`: the sender of its further messages (acks) and its deliveries.
 pub async fn worker_stream(
     addr: &str,
     node: u64,
     ca: &Path,
-    token: &str,
+    credential: Credential<'_>,
     queue: &str,
 ) -> Result<
     (
@@ -97,7 +106,11 @@ pub async fn worker_stream(
     ),
     Code,
 > {
-    let channel = tls_channel(addr, ca, node, None)
+    let identity = match credential {
+        Credential::Token(_) => None,
+        Credential::Certificate(cert, key) => Some((cert, key)),
+    };
+    let channel = tls_channel(addr, ca, node, identity)
         .await
         .map_err(|_| Code::Unavailable)?;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -111,12 +124,14 @@ pub async fn worker_stream(
     tx.send(start).await.map_err(|_| Code::Internal)?;
     // The stream stays open while `tx` lives, so the node answers the subscription.
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}")
-            .parse()
-            .map_err(|_| Code::InvalidArgument)?,
-    );
+    if let Credential::Token(token) = credential {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Code::InvalidArgument)?,
+        );
+    }
     let deliveries = WorkersClient::new(channel)
         .subscribe(request)
         .await

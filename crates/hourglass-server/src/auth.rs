@@ -64,8 +64,8 @@ impl FromStr for Role {
     }
 }
 
-/// A person or program the cluster knows: a client certificate's CN and OU, or a token's
-/// entry in the tokens file.
+/// A person or program the cluster knows: a client certificate's CN and OU (with the limits
+/// of its `[[certificate]]` entry in the tokens file, if any), or a token's entry there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub name: String,
@@ -204,7 +204,7 @@ pub fn authenticate(
         if let Some(id) = member_named(der, &policy.members) {
             return Ok(Caller::Node(id));
         }
-        return certificate_identity(der).map(|i| Caller::Identity(Arc::new(i)));
+        return certificate_identity(der, tokens).map(|i| Caller::Identity(Arc::new(i)));
     }
     if policy.required {
         return Err(Error::Unauthenticated(
@@ -217,9 +217,11 @@ pub fn authenticate(
 }
 
 /// A client certificate's identity: its CN names it, its OU is its role (`hourglass cert
-/// client NAME --role ROLE`). Certificates carry no prefixes or queues: they hold the whole
-/// role.
-fn certificate_identity(der: &[u8]) -> Result<Identity, Error> {
+/// client NAME --role ROLE`). Its prefixes or queues come from the `[[certificate]]` entry of
+/// that name in the tokens file, so they can be changed without re-issuing it; without an
+/// entry it holds the whole role. The entry cannot change the role: one for another role is
+/// refused.
+fn certificate_identity(der: &[u8], tokens: &TokenSet) -> Result<Identity, Error> {
     let der = rustls_pki_types::CertificateDer::from(der);
     let cert = webpki::EndEntityCert::try_from(&der)
         .map_err(|e| Error::Unauthenticated(format!("unreadable client certificate: {e}")))?;
@@ -231,12 +233,26 @@ fn certificate_identity(der: &[u8]) -> Result<Identity, Error> {
              hourglass cert client NAME --role ROLE)"
         ))
     })?;
-    Ok(Identity {
-        name: name.to_owned(),
-        role,
-        prefixes: Vec::new(),
-        queues: Vec::new(),
-    })
+    let Some(entry) = tokens.certificates.get(name) else {
+        return Ok(Identity {
+            name: name.to_owned(),
+            role,
+            prefixes: Vec::new(),
+            queues: Vec::new(),
+        });
+    };
+    match entry.role() {
+        Some(wanted) if wanted != role => Err(Error::PermissionDenied(format!(
+            "the certificate of {name:?} has role {role}, but its [[certificate]] entry in the \
+             tokens file is for role {wanted}"
+        ))),
+        _ => Ok(Identity {
+            name: name.to_owned(),
+            role,
+            prefixes: entry.prefixes.clone(),
+            queues: entry.queues.clone(),
+        }),
+    }
 }
 
 /// id-at-commonName (2.5.4.3), DER-encoded.
@@ -335,12 +351,49 @@ pub struct TokenEntry {
 impl TokenEntry {
     /// The entry as it is written in the tokens file.
     pub fn to_toml(&self) -> String {
-        #[derive(Serialize)]
-        struct One<'a> {
-            token: [&'a TokenEntry; 1],
-        }
-        toml::to_string(&One { token: [self] }).expect("a token entry serializes")
+        entry_toml("token", self)
     }
+}
+
+/// One `[[certificate]]` of the tokens file: the limits of the client certificates whose CN
+/// is `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateEntry {
+    pub name: String,
+    /// When given, the certificate's OU must be this role: the file limits a certificate,
+    /// it never grants it a role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
+}
+
+impl CertificateEntry {
+    /// The entry as it is written in the tokens file.
+    pub fn to_toml(&self) -> String {
+        entry_toml("certificate", self)
+    }
+
+    /// The role the certificate must have: the one named, else the only one its prefixes or
+    /// queues mean anything for. Limits a certificate of another role cannot obey refuse it
+    /// rather than being ignored.
+    fn role(&self) -> Option<Role> {
+        self.role.or(if !self.prefixes.is_empty() {
+            Some(Role::Client)
+        } else if !self.queues.is_empty() {
+            Some(Role::Worker)
+        } else {
+            None
+        })
+    }
+}
+
+/// `entry` as one `[[table]]` of the tokens file.
+fn entry_toml<T: Serialize>(table: &str, entry: &T) -> String {
+    toml::to_string(&HashMap::from([(table, [entry])])).expect("a tokens file entry serializes")
 }
 
 #[derive(Deserialize)]
@@ -348,17 +401,44 @@ impl TokenEntry {
 struct TokenFile {
     #[serde(default)]
     token: Vec<TokenEntry>,
+    #[serde(default)]
+    certificate: Vec<CertificateEntry>,
 }
 
-/// The tokens a node accepts, by hash. Looking a token up by its hash compares hashes, never
-/// the secret, so the lookup's timing tells nothing usable about any token.
+/// The checks the limits of a token and of a certificate share; `role` is None for a
+/// certificate entry that names none.
+fn check_limits(role: Option<Role>, prefixes: &[String], queues: &[String]) -> Result<(), String> {
+    if !prefixes.is_empty() && role.is_some_and(|r| r != Role::Client) {
+        return Err("only the client role takes prefixes".into());
+    }
+    if !queues.is_empty() && role.is_some_and(|r| r != Role::Worker) {
+        return Err("only the worker role takes queues".into());
+    }
+    if !prefixes.is_empty() && !queues.is_empty() {
+        return Err(
+            "prefixes are for the client role and queues for the worker role: not both".into(),
+        );
+    }
+    if prefixes.iter().any(String::is_empty) {
+        return Err(
+            "an empty prefix would allow every workflow: leave prefixes out instead".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The tokens a node accepts, by hash, and the limits of client certificates, by name.
+/// Looking a token up by its hash compares hashes, never the secret, so the lookup's timing
+/// tells nothing usable about any token.
 #[derive(Debug, Default)]
 pub struct TokenSet {
     by_hash: HashMap<String, Arc<Identity>>,
+    certificates: HashMap<String, CertificateEntry>,
 }
 
 impl TokenSet {
-    /// Reads a tokens file's text (TOML, one `[[token]]` per token).
+    /// Reads a tokens file's text (TOML, one `[[token]]` per token, one `[[certificate]]` per
+    /// limited certificate).
     pub fn parse(text: &str) -> Result<TokenSet, String> {
         let file: TokenFile = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut by_hash = HashMap::new();
@@ -373,17 +453,7 @@ impl TokenSet {
                     "sha256 must be 64 hexadecimal digits (hourglass token new prints it)".into(),
                 ));
             }
-            if !entry.prefixes.is_empty() && entry.role != Role::Client {
-                return Err(at("only the client role takes prefixes".into()));
-            }
-            if !entry.queues.is_empty() && entry.role != Role::Worker {
-                return Err(at("only the worker role takes queues".into()));
-            }
-            if entry.prefixes.iter().any(String::is_empty) {
-                return Err(at(
-                    "an empty prefix would allow every workflow: leave prefixes out instead".into(),
-                ));
-            }
+            check_limits(Some(entry.role), &entry.prefixes, &entry.queues).map_err(at)?;
             let identity = Identity {
                 name: entry.name.clone(),
                 role: entry.role,
@@ -394,15 +464,37 @@ impl TokenSet {
                 return Err(at("the same sha256 is listed twice".into()));
             }
         }
-        Ok(TokenSet { by_hash })
+        let mut certificates = HashMap::new();
+        for (i, entry) in file.certificate.into_iter().enumerate() {
+            let at = |msg: String| format!("certificate {} ({:?}): {msg}", i + 1, entry.name);
+            if entry.name.trim().is_empty() {
+                return Err(at("name is empty".into()));
+            }
+            check_limits(entry.role, &entry.prefixes, &entry.queues).map_err(at)?;
+            // Two entries would leave which limits hold to the order of the file.
+            if certificates.contains_key(&entry.name) {
+                return Err(at("the same name is listed twice".into()));
+            }
+            certificates.insert(entry.name.clone(), entry);
+        }
+        Ok(TokenSet {
+            by_hash,
+            certificates,
+        })
     }
 
+    /// How many tokens it holds.
     pub fn len(&self) -> usize {
         self.by_hash.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
+    }
+
+    /// How many certificates it limits.
+    pub fn certificate_count(&self) -> usize {
+        self.certificates.len()
     }
 
     fn identity(&self, token: &str) -> Option<&Arc<Identity>> {
@@ -590,35 +682,39 @@ mod tests {
         );
     }
 
-    #[test]
-    fn certificates_name_an_identity_or_a_member_node() {
+    /// A certificate of a new CA (authentication trusts the TLS handshake to have checked it).
+    fn issue(names: Vec<String>, cn: &str, ou: Option<&str>) -> Vec<u8> {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::new(Vec::new()).unwrap();
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = ca.self_signed(&ca_key).unwrap();
-        let issue = |names: Vec<String>, cn: &str, ou: Option<&str>| {
-            let mut params = rcgen::CertificateParams::new(names).unwrap();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        if let Some(ou) = ou {
             params
                 .distinguished_name
-                .push(rcgen::DnType::CommonName, cn);
-            if let Some(ou) = ou {
-                params
-                    .distinguished_name
-                    .push(rcgen::DnType::OrganizationalUnitName, ou);
-            }
-            let key = rcgen::KeyPair::generate().unwrap();
-            params.signed_by(&key, &ca, &ca_key).unwrap().der().to_vec()
-        };
-        let auth = |der: &[u8]| {
-            authenticate(
-                Credentials {
-                    authorization: None,
-                    certificate: Some(der),
-                },
-                &TokenSet::default(),
-                &policy(true),
-            )
-        };
+                .push(rcgen::DnType::OrganizationalUnitName, ou);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.signed_by(&key, &ca, &ca_key).unwrap().der().to_vec()
+    }
+
+    fn by_certificate(der: &[u8], tokens: &TokenSet) -> Result<Caller, Error> {
+        authenticate(
+            Credentials {
+                authorization: None,
+                certificate: Some(der),
+            },
+            tokens,
+            &policy(true),
+        )
+    }
+
+    #[test]
+    fn certificates_name_an_identity_or_a_member_node() {
+        let auth = |der: &[u8]| by_certificate(der, &TokenSet::default());
         match auth(&issue(Vec::new(), "carol", Some("worker"))).unwrap() {
             Caller::Identity(i) => {
                 assert_eq!((i.name.as_str(), i.role), ("carol", Role::Worker));
@@ -636,6 +732,75 @@ mod tests {
             issue(Vec::new(), "dave", Some("root")),
         ] {
             assert!(matches!(auth(&der), Err(Error::PermissionDenied(_))));
+        }
+    }
+
+    #[test]
+    fn certificates_take_the_limits_of_their_entry() {
+        let file = [
+            CertificateEntry {
+                name: "app".into(),
+                role: Some(Role::Client),
+                prefixes: vec!["a-".into()],
+                queues: vec![],
+            },
+            CertificateEntry {
+                name: "mailer".into(),
+                role: None,
+                prefixes: vec![],
+                queues: vec!["q1".into()],
+            },
+            CertificateEntry {
+                name: "ops".into(),
+                role: Some(Role::Admin),
+                prefixes: vec![],
+                queues: vec![],
+            },
+        ]
+        .iter()
+        .map(CertificateEntry::to_toml)
+        .collect::<Vec<_>>()
+        .join("\n");
+        let set = TokenSet::parse(&file).unwrap();
+        assert_eq!((set.len(), set.certificate_count()), (0, 3));
+        let identity =
+            |cn: &str, ou: &str| match by_certificate(&issue(Vec::new(), cn, Some(ou)), &set) {
+                Ok(Caller::Identity(i)) => Ok(i),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            };
+
+        let app = identity("app", "client").unwrap();
+        assert_eq!(
+            (app.role, app.prefixes.as_slice()),
+            (Role::Client, &["a-".to_owned()][..])
+        );
+        let app = Caller::Identity(app);
+        assert!(allowed(&app, &timers("Schedule", &["a-1"])));
+        assert!(!allowed(&app, &timers("Schedule", &["b-1"])));
+        let mailer = Caller::Identity(identity("mailer", "worker").unwrap());
+        assert!(allowed(&mailer, &Call::Subscribe { queue: "q1" }));
+        assert!(!allowed(&mailer, &Call::Subscribe { queue: "q2" }));
+        assert!(identity("ops", "admin").is_ok());
+        // Without an entry, a certificate holds its whole role.
+        let other = identity("other", "client").unwrap();
+        assert!(other.prefixes.is_empty() && other.queues.is_empty());
+
+        // The file limits a certificate's role, never changes it: a role named, or implied by
+        // queues, that is not the certificate's refuses it.
+        for (cn, ou, wanted) in [
+            ("app", "admin", "client"),
+            ("mailer", "client", "worker"),
+            ("ops", "worker", "admin"),
+        ] {
+            let e = identity(cn, ou).unwrap_err();
+            assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
+            let message = e.to_string();
+            assert!(
+                message.contains(&format!("has role {ou}"))
+                    && message.contains(&format!("for role {wanted}")),
+                "{message}"
+            );
         }
     }
 
@@ -686,5 +851,45 @@ mod tests {
         assert!(TokenSet::parse(&worker_with_prefix)
             .unwrap_err()
             .contains("only the client role takes prefixes"));
+    }
+
+    #[test]
+    fn certificate_entries_are_checked_like_tokens() {
+        let entry = |extra: &str| format!("[[certificate]]\nname = \"x\"\n{extra}");
+        for ok in [
+            "",
+            "role = \"admin\"",
+            "prefixes = [\"a-\"]",
+            "role = \"worker\"\nqueues = [\"q\"]",
+        ] {
+            assert_eq!(
+                TokenSet::parse(&entry(ok)).unwrap().certificate_count(),
+                1,
+                "{ok}"
+            );
+        }
+        let bad = [
+            (entry("sha256 = \"ab\""), "sha256"),
+            (entry("role = \"root\""), "root"),
+            (
+                entry("role = \"worker\"\nprefixes = [\"a-\"]"),
+                "only the client role takes prefixes",
+            ),
+            (
+                entry("role = \"admin\"\nqueues = [\"q\"]"),
+                "only the worker role takes queues",
+            ),
+            (entry("prefixes = [\"a-\"]\nqueues = [\"q\"]"), "not both"),
+            (entry("prefixes = [\"\"]"), "empty prefix"),
+            (entry("").replace("\"x\"", "\" \""), "name is empty"),
+            (
+                format!("{}\n{}", entry(""), entry("role = \"client\"")),
+                "listed twice",
+            ),
+        ];
+        for (text, expected) in bad {
+            let e = TokenSet::parse(&text).unwrap_err();
+            assert!(e.contains(expected), "{expected}: {e}");
+        }
     }
 }

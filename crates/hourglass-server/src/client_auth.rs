@@ -109,7 +109,12 @@ impl ClientAuth {
         }
         match read_tokens(path) {
             Ok(tokens) => {
-                info!(file = %path.display(), tokens = tokens.len(), "tokens file reloaded");
+                info!(
+                    file = %path.display(),
+                    tokens = tokens.len(),
+                    certificates = tokens.certificate_count(),
+                    "tokens file reloaded"
+                );
                 *self.0.tokens.write().expect("tokens lock poisoned") = Arc::new(tokens);
             }
             Err(e) => {

@@ -3,14 +3,16 @@
 //! Files in `--dir`: `ca.crt`/`ca.key`, `node-ID.crt`/`.key`, `client-NAME.crt`/`.key`; keys
 //! are written with mode 0600 and never overwritten. A node's certificate is valid for the
 //! DNS name `node-ID` (its identity: the peer port and dialing nodes check it, see
-//! hourglass-server's tls.rs) and for the `--host` names and addresses clients reach it at.
+//! hourglass-server's tls.rs) and for the `--host` names and addresses clients reach it at. A
+//! client certificate's prefixes or queues are not in it but in a `[[certificate]]` entry of
+//! the tokens file, which `cert client` prints.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use hourglass_server::auth::Role;
+use hourglass_server::auth::{CertificateEntry, Role};
 use hourglass_server::tls::node_name;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
@@ -18,6 +20,8 @@ use rcgen::{
 };
 
 use crate::cli::CertCommand;
+use crate::token_cmd::{check_entry, print_entry};
+use crate::Failure;
 
 const DAY: Duration = Duration::from_secs(86_400);
 /// The CA outlives the certificates it signs: rotating it means re-issuing every one.
@@ -25,7 +29,7 @@ const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// Node and client certificates are rotated yearly (docs/operations.md, "Rotation").
 const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 
-pub fn run(cmd: CertCommand) -> anyhow::Result<()> {
+pub fn run(cmd: CertCommand) -> Result<(), Failure> {
     match cmd {
         CertCommand::Init { dir } => {
             init(&dir)?;
@@ -39,14 +43,39 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<()> {
                 node_name(id)
             );
         }
-        CertCommand::Client { name, dir, role } => {
+        CertCommand::Client {
+            name,
+            dir,
+            role,
+            prefixes,
+            queues,
+        } => {
             let role = Role::from(role);
+            // Limits go to the tokens file, not into the certificate, so they can change
+            // without re-issuing it. The entry names the role so that it cannot apply to a
+            // certificate of another role by the same name.
+            let entry = (!prefixes.is_empty() || !queues.is_empty()).then(|| {
+                CertificateEntry {
+                    name: name.clone(),
+                    role: Some(role),
+                    prefixes,
+                    queues,
+                }
+                .to_toml()
+            });
+            // Checked before the certificate is written: a refused entry leaves nothing behind.
+            if let Some(toml) = &entry {
+                check_entry(toml)?;
+            }
             let file = client(&name, &dir, role)?;
             println!(
                 "client {name} (role {}): {1}/{file}.crt and {1}/{file}.key",
                 role.as_str(),
                 dir.display()
             );
+            if let Some(toml) = &entry {
+                print_entry(toml);
+            }
         }
     }
     Ok(())

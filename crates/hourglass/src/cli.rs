@@ -184,6 +184,14 @@ pub enum CertCommand {
         /// The role the certificate carries (its OU).
         #[arg(long, value_enum, default_value = "client")]
         role: ClientRole,
+        /// For --role client: a workflow id prefix it may touch (repeatable; none: all). Prints
+        /// the [[certificate]] entry that limits it, for the tokens file.
+        #[arg(long = "prefix")]
+        prefixes: Vec<String>,
+        /// For --role worker: a queue it may subscribe to (repeatable; none: all). Prints the
+        /// [[certificate]] entry that limits it, for the tokens file.
+        #[arg(long = "queue")]
+        queues: Vec<String>,
     },
 }
 

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
             Command::Cluster(cmd) => client_cmds::cluster(&cli.global, cmd).await,
             Command::Worker(args) => worker_cmd::run(&cli.global, args).await,
             Command::Bench(cmd) => bench::run(&cli.global, cmd).await,
-            Command::Cert(cmd) => cert_cmd::run(cmd).map_err(Failure::from),
+            Command::Cert(cmd) => cert_cmd::run(cmd),
             Command::Token(cmd) => token_cmd::run(cmd, cli.global.json),
         }
     });

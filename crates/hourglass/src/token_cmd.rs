@@ -1,5 +1,6 @@
 //! `hourglass token new`: a bearer token and its entry for the nodes' tokens file
-//! (`auth.tokens_file`). The node keeps only the token's hash; the secret is shown once.
+//! (`auth.tokens_file`). The node keeps only the token's hash; the secret is shown once. Also
+//! the checking and printing of that file's entries `hourglass cert client` shares.
 
 use hourglass_server::auth::{new_token, token_hash, Role, TokenEntry, TokenSet};
 use serde_json::json;
@@ -26,9 +27,7 @@ pub fn run(cmd: TokenCommand, json: bool) -> Result<(), Failure> {
         queues,
     };
     let toml = entry.to_toml();
-    // The nodes' own check of the file: what it refuses is refused here, before anyone
-    // copies it.
-    TokenSet::parse(&toml).map_err(usage)?;
+    check_entry(&toml)?;
     if json {
         println!(
             "{}",
@@ -38,11 +37,25 @@ pub fn run(cmd: TokenCommand, json: bool) -> Result<(), Failure> {
         println!("{token}");
         println!(
             "# The token above is shown only this once: give it to {} (HOURGLASS_TOKEN or \
-             --token-file).\n# Add this entry to the tokens file (auth.tokens_file) of every \
-             node; nodes reread it within seconds.",
+             --token-file).",
             entry.name
         );
-        print!("{toml}");
+        print_entry(&toml);
     }
     Ok(())
+}
+
+/// The nodes' own check of the tokens file, on one entry: what they would refuse is refused
+/// here, before anyone copies it.
+pub fn check_entry(toml: &str) -> Result<(), Failure> {
+    TokenSet::parse(toml).map(drop).map_err(usage)
+}
+
+/// Prints a tokens file entry and where it goes.
+pub fn print_entry(toml: &str) {
+    println!(
+        "# Add this entry to the tokens file (auth.tokens_file) of every node; nodes reread it \
+         within seconds."
+    );
+    print!("{toml}");
 }
