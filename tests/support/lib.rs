@@ -1,6 +1,7 @@
 //! Test harness for real Hourglass clusters: real `hourglass serve` processes on loopback,
 //! real gRPC, real RocksDB in temporary directories.
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,7 +35,9 @@ pub fn hourglass_bin() -> PathBuf {
 /// A port free now, below Linux's ephemeral range (32768 and up): a port the kernel handed
 /// out for `127.0.0.1:0` could be taken, between this check and the node's bind, as the source
 /// port of one of the many connections tests open, and that node then never started. Each
-/// test process walks its own sequence, so concurrent tests rarely try the same port.
+/// test process walks its own sequence and claims the port for itself (see [`claim`]): two
+/// test processes picking the same free port, one's node then answering the other's test,
+/// made a test see a node of another cluster.
 fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -42,11 +45,41 @@ fn free_port() -> u16 {
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = 10_000 + (start.wrapping_add(n.wrapping_mul(104_729)) % 22_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && claim(port) {
             return port;
         }
         assert!(n < 100_000, "no free loopback port below 32768");
     }
+}
+
+/// Claims `port` for this test process among all test processes of the machine: a file named
+/// after it holds the claimant's pid, and a claim of a process that has exited is taken over.
+fn claim(port: u16) -> bool {
+    let dir = std::env::temp_dir().join("hourglass-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join(port.to_string());
+    let me = std::process::id();
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&file)
+        {
+            Ok(mut f) => return writeln!(f, "{me}").is_ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_to_string(&file).unwrap_or_default();
+                let alive = owner.trim().parse::<u32>().is_ok_and(|pid| {
+                    pid == me || Path::new(&format!("/proc/{pid}")).exists()
+                });
+                if alive {
+                    return false;
+                }
+                let _ = std::fs::remove_file(&file);
+            }
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 pub struct NodeProc {
