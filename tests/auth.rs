@@ -353,5 +353,21 @@ async fn certificate_entries_limit_certificates_and_reload() -> Result<()> {
         subscribe(&cluster, &ca, mailer, "q2").await,
         Err(Code::PermissionDenied)
     );
+
+    // A revoked certificate is refused on every node once they reread the file; the others
+    // keep working.
+    let app_crt = certs.join("client-app.crt");
+    let out = cert(&["revoke", app_crt.to_str().context("UTF-8 path")?])?;
+    let revoked = &out[out.find("[[revoked]]").context("no entry printed")?..];
+    assert!(revoked.contains("CN=app"), "{revoked}");
+    std::fs::write(&tokens_file, format!("{mailer_entry}\n{revoked}"))?;
+    for id in all {
+        let app = client(&cluster, &[id], with_cert(&certs, "app")?)?;
+        eventually("the certificate revoked", || async {
+            code(app.get("a-1", "t").await) == Some(Code::Unauthenticated)
+        })
+        .await?;
+    }
+    assert_eq!(subscribe(&cluster, &ca, mailer, "q1").await, Ok(()));
     Ok(())
 }

@@ -16,7 +16,7 @@
 //! Every authenticated caller may call `Admin.ClusterStatus`: the SDKs' workers find the
 //! nodes to subscribe to through it, and it shows no timer.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -178,15 +178,20 @@ pub struct Policy {
     pub members: BTreeSet<NodeId>,
 }
 
-/// Who `credentials` prove the caller is. A bearer token, when sent, decides alone (a wrong
-/// token is refused even with a good certificate: whoever sent it meant to be that
-/// identity); then a certificate; nothing at all is UNAUTHENTICATED when `policy` requires
-/// credentials.
+/// Who `credentials` prove the caller is. A revoked certificate is refused whatever comes
+/// with it. A bearer token, when sent, decides alone (a wrong token is refused even with a
+/// good certificate: whoever sent it meant to be that identity); then a certificate; nothing
+/// at all is UNAUTHENTICATED when `policy` requires credentials.
 pub fn authenticate(
     credentials: Credentials,
     tokens: &TokenSet,
     policy: &Policy,
 ) -> Result<Caller, Error> {
+    if credentials.certificate.is_some_and(|der| tokens.revokes(der)) {
+        return Err(Error::Unauthenticated(
+            "this certificate is revoked ([[revoked]] in the tokens file)".into(),
+        ));
+    }
     if let Some(header) = credentials.authorization {
         let token = header
             .and_then(|h| h.strip_prefix("Bearer "))
@@ -313,11 +318,31 @@ fn subject_attribute<'a>(subject: &'a [u8], oid: &[u8]) -> Option<&'a str> {
 /// random bits, so a fast hash is enough: no guess can be tested against it faster than
 /// against the node itself.
 pub fn token_hash(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+    sha256_hex(token.as_bytes())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The `[[revoked]]` entry that revokes the (first) certificate of a PEM file: its SHA-256
+/// fingerprint, and its CN as a note for whoever reads the file.
+pub fn revocation_entry(pem: &[u8]) -> Result<RevokedEntry, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .next()
+        .ok_or("no certificate in the file")?
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let cert = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    Ok(RevokedEntry {
+        sha256: sha256_hex(&der),
+        note: subject_attribute(cert.subject(), OID_COMMON_NAME).map(|cn| format!("CN={cn}")),
+    })
 }
 
 /// A new secret token: `hgt_` and 256 random bits in URL-safe base64.
@@ -391,6 +416,25 @@ impl CertificateEntry {
     }
 }
 
+/// One `[[revoked]]` of the tokens file: a certificate of the cluster CA that the client port
+/// refuses from now on (`hourglass cert revoke FILE` prints it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokedEntry {
+    /// SHA-256 of the certificate's DER, in hex.
+    pub sha256: String,
+    /// For the reader of the file: whose certificate it was, why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl RevokedEntry {
+    /// The entry as it is written in the tokens file.
+    pub fn to_toml(&self) -> String {
+        entry_toml("revoked", self)
+    }
+}
+
 /// `entry` as one `[[table]]` of the tokens file.
 fn entry_toml<T: Serialize>(table: &str, entry: &T) -> String {
     toml::to_string(&HashMap::from([(table, [entry])])).expect("a tokens file entry serializes")
@@ -403,6 +447,8 @@ struct TokenFile {
     token: Vec<TokenEntry>,
     #[serde(default)]
     certificate: Vec<CertificateEntry>,
+    #[serde(default)]
+    revoked: Vec<RevokedEntry>,
 }
 
 /// The checks the limits of a token and of a certificate share; `role` is None for a
@@ -427,13 +473,22 @@ fn check_limits(role: Option<Role>, prefixes: &[String], queues: &[String]) -> R
     Ok(())
 }
 
-/// The tokens a node accepts, by hash, and the limits of client certificates, by name.
+/// A SHA-256 as the tokens file may write it, in the one spelling the set compares.
+fn hex_sha256(text: &str) -> Option<String> {
+    let hash = text.to_ascii_lowercase();
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
+}
+
+/// The tokens a node accepts, by hash, the limits of client certificates, by name, and the
+/// certificates it refuses, by fingerprint.
 /// Looking a token up by its hash compares hashes, never the secret, so the lookup's timing
 /// tells nothing usable about any token.
 #[derive(Debug, Default)]
 pub struct TokenSet {
     by_hash: HashMap<String, Arc<Identity>>,
     certificates: HashMap<String, CertificateEntry>,
+    /// Fingerprints of revoked certificates.
+    revoked: HashSet<String>,
 }
 
 impl TokenSet {
@@ -447,12 +502,11 @@ impl TokenSet {
             if entry.name.trim().is_empty() {
                 return Err(at("name is empty".into()));
             }
-            let hash = entry.sha256.to_ascii_lowercase();
-            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let Some(hash) = hex_sha256(&entry.sha256) else {
                 return Err(at(
                     "sha256 must be 64 hexadecimal digits (hourglass token new prints it)".into(),
                 ));
-            }
+            };
             check_limits(Some(entry.role), &entry.prefixes, &entry.queues).map_err(at)?;
             let identity = Identity {
                 name: entry.name.clone(),
@@ -477,9 +531,20 @@ impl TokenSet {
             }
             certificates.insert(entry.name.clone(), entry);
         }
+        let mut revoked = HashSet::new();
+        for (i, entry) in file.revoked.into_iter().enumerate() {
+            revoked.insert(hex_sha256(&entry.sha256).ok_or_else(|| {
+                format!(
+                    "revoked {}: sha256 must be 64 hexadecimal digits (hourglass cert revoke \
+                     prints it)",
+                    i + 1
+                )
+            })?);
+        }
         Ok(TokenSet {
             by_hash,
             certificates,
+            revoked,
         })
     }
 
@@ -495,6 +560,15 @@ impl TokenSet {
     /// How many certificates it limits.
     pub fn certificate_count(&self) -> usize {
         self.certificates.len()
+    }
+
+    /// How many certificates it revokes.
+    pub fn revoked_count(&self) -> usize {
+        self.revoked.len()
+    }
+
+    fn revokes(&self, der: &[u8]) -> bool {
+        !self.revoked.is_empty() && self.revoked.contains(&sha256_hex(der))
     }
 
     fn identity(&self, token: &str) -> Option<&Arc<Identity>> {
@@ -851,6 +925,62 @@ mod tests {
         assert!(TokenSet::parse(&worker_with_prefix)
             .unwrap_err()
             .contains("only the client role takes prefixes"));
+    }
+
+    #[test]
+    fn revoked_certificates_are_refused_whatever_comes_with_them() {
+        let der = issue(Vec::new(), "laptop", Some("admin"));
+        let other = issue(Vec::new(), "desk", Some("admin"));
+        let pem = |der: &[u8]| {
+            use base64::Engine as _;
+            let body = base64::engine::general_purpose::STANDARD.encode(der);
+            format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
+        };
+        let entry = revocation_entry(pem(&der).as_bytes()).unwrap();
+        assert_eq!(entry.note.as_deref(), Some("CN=laptop"));
+        assert!(revocation_entry(b"not a certificate").is_err());
+        let (tokens, admin, _) = tokens();
+        let file = format!(
+            "{}\n{}",
+            TokenEntry {
+                name: "ops".into(),
+                role: Role::Admin,
+                sha256: token_hash(&admin),
+                prefixes: vec![],
+                queues: vec![],
+            }
+            .to_toml(),
+            RevokedEntry {
+                sha256: entry.sha256.to_ascii_uppercase(),
+                ..entry
+            }
+            .to_toml()
+        );
+        let revoking = TokenSet::parse(&file).unwrap();
+        assert_eq!(revoking.revoked_count(), 1);
+        let refused = |r: Result<Caller, Error>| {
+            matches!(r, Err(Error::Unauthenticated(m)) if m.contains("revoked"))
+        };
+        assert!(refused(by_certificate(&der, &revoking)));
+        assert!(by_certificate(&der, &tokens).is_ok());
+        assert!(by_certificate(&other, &revoking).is_ok());
+        // A good token does not launder a revoked certificate.
+        let header = format!("Bearer {admin}");
+        let with_token = |der: &[u8]| {
+            authenticate(
+                Credentials {
+                    authorization: Some(Some(&header)),
+                    certificate: Some(der),
+                },
+                &revoking,
+                &policy(true),
+            )
+        };
+        assert!(refused(with_token(&der)));
+        assert!(with_token(&other).is_ok());
+        let e = TokenSet::parse("[[revoked]]\nsha256 = \"abc\"\n").unwrap_err();
+        assert!(e.contains("revoked 1: sha256 must be 64"), "{e}");
+        assert!(TokenSet::parse("[[revoked]]\nsha256 = \"\"\nwhy = \"x\"\n").is_err());
     }
 
     #[test]

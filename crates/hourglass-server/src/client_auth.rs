@@ -113,6 +113,7 @@ impl ClientAuth {
                     file = %path.display(),
                     tokens = tokens.len(),
                     certificates = tokens.certificate_count(),
+                    revoked = tokens.revoked_count(),
                     "tokens file reloaded"
                 );
                 *self.0.tokens.write().expect("tokens lock poisoned") = Arc::new(tokens);

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use hourglass_server::auth::{CertificateEntry, Role};
+use hourglass_server::auth::{revocation_entry, CertificateEntry, Role};
 use hourglass_server::tls::node_name;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
@@ -76,6 +76,18 @@ pub fn run(cmd: CertCommand) -> Result<(), Failure> {
             if let Some(toml) = &entry {
                 print_entry(toml);
             }
+        }
+        CertCommand::Revoke { file, note } => {
+            let pem = std::fs::read(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let mut entry = revocation_entry(&pem)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            if note.is_some() {
+                entry.note = note;
+            }
+            let toml = entry.to_toml();
+            check_entry(&toml)?;
+            print_entry(&toml);
         }
     }
     Ok(())

@@ -193,6 +193,14 @@ pub enum CertCommand {
         #[arg(long = "queue")]
         queues: Vec<String>,
     },
+    /// Print the [[revoked]] entry that makes every node refuse a certificate (PEM FILE) on
+    /// the client port, for the tokens file.
+    Revoke {
+        file: PathBuf,
+        /// Why, for whoever reads the tokens file (default: the certificate's CN).
+        #[arg(long)]
+        note: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
