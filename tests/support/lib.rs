@@ -68,9 +68,10 @@ fn claim(port: u16) -> bool {
             Ok(mut f) => return writeln!(f, "{me}").is_ok(),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let owner = std::fs::read_to_string(&file).unwrap_or_default();
-                let alive = owner.trim().parse::<u32>().is_ok_and(|pid| {
-                    pid == me || Path::new(&format!("/proc/{pid}")).exists()
-                });
+                let alive = owner
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|pid| pid == me || Path::new(&format!("/proc/{pid}")).exists());
                 if alive {
                     return false;
                 }

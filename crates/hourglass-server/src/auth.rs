@@ -187,7 +187,10 @@ pub fn authenticate(
     tokens: &TokenSet,
     policy: &Policy,
 ) -> Result<Caller, Error> {
-    if credentials.certificate.is_some_and(|der| tokens.revokes(der)) {
+    if credentials
+        .certificate
+        .is_some_and(|der| tokens.revokes(der))
+    {
         return Err(Error::Unauthenticated(
             "this certificate is revoked ([[revoked]] in the tokens file)".into(),
         ));
@@ -958,9 +961,7 @@ mod tests {
         );
         let revoking = TokenSet::parse(&file).unwrap();
         assert_eq!(revoking.revoked_count(), 1);
-        let refused = |r: Result<Caller, Error>| {
-            matches!(r, Err(Error::Unauthenticated(m)) if m.contains("revoked"))
-        };
+        let refused = |r: Result<Caller, Error>| matches!(r, Err(Error::Unauthenticated(m)) if m.contains("revoked"));
         assert!(refused(by_certificate(&der, &revoking)));
         assert!(by_certificate(&der, &tokens).is_ok());
         assert!(by_certificate(&other, &revoking).is_ok());

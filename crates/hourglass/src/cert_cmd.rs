@@ -78,10 +78,10 @@ pub fn run(cmd: CertCommand) -> Result<(), Failure> {
             }
         }
         CertCommand::Revoke { file, note } => {
-            let pem = std::fs::read(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let mut entry = revocation_entry(&pem)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let pem =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let mut entry =
+                revocation_entry(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             if note.is_some() {
                 entry.note = note;
             }
