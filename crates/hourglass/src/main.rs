@@ -1,5 +1,6 @@
 //! `hourglass`: run a node (`serve`), a whole local cluster (`dev`), or talk to a cluster.
 
+mod allocator;
 mod bench;
 mod cert_cmd;
 mod cli;
@@ -42,6 +43,9 @@ pub fn usage(msg: impl std::fmt::Display) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
+        allocator::limit_arenas();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

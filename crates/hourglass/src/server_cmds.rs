@@ -52,6 +52,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         return Ok(());
     }
     init_tracing();
+    tracing::info!(
+        node_id = config.node_id,
+        glibc_tunables = crate::allocator::describe(),
+        "allocator"
+    );
     let node = tokio::select! {
         node = Node::start(config) => node?,
         _ = stop_signal() => return Ok(()),
