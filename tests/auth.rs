@@ -47,6 +47,18 @@ fn client(cluster: &Cluster, nodes: &[u64], tls: Tls) -> Result<Client> {
     )?)
 }
 
+/// A TLS cluster reading `tokens_file`, and its certificates' directory.
+async fn secure_cluster(tokens_file: &Path) -> Result<(Cluster, PathBuf)> {
+    let cluster = Cluster::start(Options {
+        tls: true,
+        extra_toml: format!("[auth]\ntokens_file = \"{}\"\n", tokens_file.display()),
+        ..Options::default()
+    })
+    .await?;
+    let certs = cluster.certs.clone().context("TLS cluster")?;
+    Ok((cluster, certs))
+}
+
 fn ca_only(certs: &Path) -> Result<Tls> {
     Ok(Tls::from_files(&certs.join("ca.crt"), None)?)
 }
@@ -83,13 +95,7 @@ async fn credentials_and_roles_are_enforced_and_tokens_reload() -> Result<()> {
         &tokens_file,
         format!("{admin_entry}\n{client_entry}\n{worker_entry}"),
     )?;
-    let cluster = Cluster::start(Options {
-        tls: true,
-        extra_toml: format!("[auth]\ntokens_file = \"{}\"\n", tokens_file.display()),
-        ..Options::default()
-    })
-    .await?;
-    let certs = cluster.certs.clone().context("TLS cluster")?;
+    let (cluster, certs) = secure_cluster(&tokens_file).await?;
     let ca = certs.join("ca.crt");
     let all = [1, 2, 3];
 
@@ -290,13 +296,7 @@ async fn certificate_entries_limit_certificates_and_reload() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let tokens_file: PathBuf = dir.path().join("tokens.toml");
     std::fs::write(&tokens_file, "")?;
-    let cluster = Cluster::start(Options {
-        tls: true,
-        extra_toml: format!("[auth]\ntokens_file = \"{}\"\n", tokens_file.display()),
-        ..Options::default()
-    })
-    .await?;
-    let certs = cluster.certs.clone().context("TLS cluster")?;
+    let (cluster, certs) = secure_cluster(&tokens_file).await?;
     let ca = certs.join("ca.crt");
     let all = [1, 2, 3];
     let app_entry = limited_cert(&certs, "app", &["--role", "client", "--prefix", "a-"])?;

@@ -17,6 +17,19 @@ fn cli(args: &[&str]) -> Output {
         .expect("running hourglass")
 }
 
+/// `hourglass dev ARGS --data DATA`, its stdout piped, its log in DATA/dev.log.
+fn spawn_dev(args: &[&str], data: &std::path::Path) -> std::process::Child {
+    Command::new(hourglass_bin())
+        .arg("dev")
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(data.join("dev.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 fn json(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),
@@ -29,20 +42,10 @@ fn json(out: &Output) -> serde_json::Value {
 #[test]
 fn dev_cluster_and_cli_round_trip() {
     let data = tempfile::tempdir().unwrap();
-    let mut dev = Command::new(hourglass_bin())
-        .args([
-            "dev",
-            "--partitions",
-            "4",
-            "--base-port",
-            &BASE.to_string(),
-            "--data",
-        ])
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(data.path().join("dev.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut dev = spawn_dev(
+        &["--partitions", "4", "--base-port", &BASE.to_string()],
+        data.path(),
+    );
     let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -354,9 +357,8 @@ fn serve_print_config_refuses_unknown_and_doubled_keys() {
 fn dev_with_tls_prints_a_working_connection() {
     const TLS_BASE: u16 = 25_000;
     let data = tempfile::tempdir().unwrap();
-    let mut dev = Command::new(hourglass_bin())
-        .args([
-            "dev",
+    let mut dev = spawn_dev(
+        &[
             "--tls",
             "--nodes",
             "1",
@@ -364,13 +366,9 @@ fn dev_with_tls_prints_a_working_connection() {
             "2",
             "--base-port",
             &TLS_BASE.to_string(),
-            "--data",
-        ])
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(data.path().join("dev.log")).unwrap())
-        .spawn()
-        .unwrap();
+        ],
+        data.path(),
+    );
     let mut printed = Vec::new();
     for line in BufReader::new(dev.stdout.take().unwrap()).lines() {
         let line = line.unwrap();

@@ -784,8 +784,7 @@ impl Source {
     }
 }
 
-/// One layer of the configuration, with the deprecated names (`_ms` keys, old variables)
-/// rewritten to the keys that replaced them, and keys named in errors as this source spells
+/// One layer of the configuration, with the former `_ms` keys rewritten to the keys that replaced them, and keys named in errors as this source spells
 /// them.
 struct Layer<P> {
     source: Source,
