@@ -71,10 +71,27 @@ impl LogStore {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
+/// Most stored bytes of log entries read for one replication request. openraft asks for up to
+/// `max_payload_entries` (300) entries at a time whatever their size, and each stream holds
+/// what it read three times while sending (the entries, their encoding, the gRPC frame): with
+/// ScheduleBatch entries of a few hundred KiB, a leader's streams held hundreds of MiB, and a
+/// request that large could not be appended within openraft's timeout (the heartbeat
+/// interval) on a busy follower, so it was sent again and again without progress.
+pub const REPLICATION_READ_BYTES: usize = 1 << 20;
+
+/// Whether a read that has taken `taken` entries of `bytes` stored bytes in all should stop
+/// before an entry of `next` bytes: past `budget`, but never before the first entry, so that an
+/// entry larger than the budget still goes on its own.
+fn read_is_full(taken: usize, bytes: usize, next: usize, budget: usize) -> bool {
+    taken > 0 && bytes.saturating_add(next) > budget
+}
+
+impl LogStore {
+    /// Entries of `range` in index order, at most `budget` stored bytes of them (at least one).
+    fn read_entries(
+        &self,
+        range: impl RangeBounds<u64>,
+        budget: usize,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
         let start = match range.start_bound() {
             Bound::Included(&i) => i,
@@ -88,14 +105,58 @@ impl RaftLogReader<TypeConfig> for LogStore {
         );
         let prefix = keys::partition_prefix(self.partition);
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for item in iter {
             let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
             if !k.starts_with(&prefix) || !range.contains(&keys::log_index_of(&k)) {
                 break;
             }
+            if read_is_full(out.len(), bytes, v.len(), budget) {
+                break;
+            }
+            bytes += v.len();
             out.push(codec::decode("log entry", &v).map_err(|e| StorageIOError::read_logs(&e))?);
         }
         Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        self.read_entries(range, usize::MAX)
+    }
+
+    /// What replication sends: bounded in bytes, so that a stream's memory and the time a
+    /// follower takes to append one request stay small whatever the entries hold.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        self.read_entries(start..end, REPLICATION_READ_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_is_full;
+
+    #[test]
+    fn a_read_stops_at_its_budget_but_never_before_the_first_entry() {
+        assert!(
+            !read_is_full(0, 0, 10_000, 100),
+            "a large first entry goes alone"
+        );
+        assert!(read_is_full(1, 10_000, 1, 100));
+        assert!(!read_is_full(2, 60, 40, 100), "exactly the budget fits");
+        assert!(read_is_full(2, 60, 41, 100));
+        assert!(
+            !read_is_full(5, usize::MAX - 1, 0, usize::MAX),
+            "no overflow"
+        );
     }
 }
 

@@ -373,6 +373,63 @@ async fn log_survives_reopen_and_purge_bounds_it() {
     assert_eq!(entries.len(), 6);
 }
 
+/// Replication reads the log in requests of at most `REPLICATION_READ_BYTES` (one entry when a
+/// single entry is larger), and reading on from where each stopped yields every entry once.
+#[tokio::test]
+async fn replication_reads_the_log_in_byte_bounded_requests() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut log = LogStore::new(store.clone(), 0, LogSyncer::start(&store));
+    let schedule_of = |index: u64, payload: usize| {
+        entry(
+            index,
+            schedule(key("w", &index.to_string()), at(1, &vec![7u8; payload]), 0),
+        )
+    };
+    // 40 entries of 100 KiB, then one of 3 MiB, then 5 small ones.
+    let mut entries: Vec<_> = (1..=40u64).map(|i| schedule_of(i, 100 << 10)).collect();
+    entries.push(schedule_of(41, 3 << 20));
+    entries.extend((42..=46u64).map(|i| schedule_of(i, 10)));
+    openraft::storage::RaftLogStorageExt::blocking_append(&mut log, entries)
+        .await
+        .unwrap();
+
+    let mut reader = log.get_log_reader().await;
+    let mut next = 1u64;
+    let mut requests = Vec::new();
+    while next <= 46 {
+        let got = openraft::RaftLogReader::limited_get_log_entries(&mut reader, next, 47)
+            .await
+            .unwrap();
+        let indexes: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(
+            indexes,
+            (next..next + got.len() as u64).collect::<Vec<_>>(),
+            "contiguous from where the last request stopped"
+        );
+        let bytes: usize = got.iter().map(|e| bincode_len(e)).sum();
+        assert!(
+            got.len() == 1 || bytes <= hourglass_storage::REPLICATION_READ_BYTES,
+            "{} entries of {bytes} bytes in one request",
+            got.len()
+        );
+        requests.push(got.len());
+        next += got.len() as u64;
+    }
+    // 40 x 100 KiB take 4 requests of up to 1 MiB, the 3 MiB entry goes alone.
+    assert!(requests.len() >= 6, "{requests:?}");
+    assert!(requests.contains(&1), "{requests:?}");
+    // The unbounded reader still returns the whole range.
+    let all = openraft::RaftLogReader::try_get_log_entries(&mut reader, 1..47)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 46);
+}
+
+fn bincode_len(e: &Entry<TypeConfig>) -> usize {
+    bincode::serialized_size(e).unwrap() as usize
+}
+
 #[tokio::test]
 async fn fire_moves_only_due_scheduled_timers_and_complete_tombstones() {
     let dir = TempDir::new().unwrap();

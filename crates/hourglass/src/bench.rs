@@ -98,14 +98,17 @@ async fn rss_mib(client: &Client) -> Result<BTreeMap<u64, u64>, Failure> {
 }
 
 /// Timers of the cluster still SCHEDULED.
-async fn pending(client: &Client) -> Result<u64, Failure> {
-    Ok(client
-        .cluster_status()
-        .await?
-        .partitions
-        .iter()
-        .map(|p| p.timers_pending)
-        .sum())
+async fn pending(client: &Client) -> Result<Option<u64>, Failure> {
+    Ok(pending_of(&client.cluster_status().await?))
+}
+
+/// Timers still SCHEDULED in the cluster, known only when every partition reported through a
+/// leader: during a leader change a partition is missing or reports nothing, and its timers
+/// must not count as fired.
+fn pending_of(status: &v1::ClusterStatusResponse) -> Option<u64> {
+    let led = status.partitions.iter().filter(|p| p.leader != 0).count();
+    (led == status.partition_count as usize)
+        .then(|| status.partitions.iter().map(|p| p.timers_pending).sum())
 }
 
 /// Percentile of a sorted slice.
@@ -401,7 +404,12 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             let lead = lead.map(|l| parse_duration("--lead", &l)).transpose()?;
             let load = Load { concurrency, batch };
             let queue = run.clone();
-            let pending_before = pending(&client).await?;
+            let pending_before = loop {
+                match pending(&client).await? {
+                    Some(n) => break n,
+                    None => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
             let rss_before = rss_mib(&client).await?;
             // The probe's timers (due in an hour) stay pending throughout.
             let probes = if lead.is_some() { 0 } else { 1_000.min(count) };
@@ -457,14 +465,21 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                 }
                 let left = pending(&client)
                     .await?
-                    .saturating_sub(pending_before + probes);
-                if left == 0 && now_ms() >= due {
-                    let at = *fired_at.get_or_insert_with(Instant::now);
-                    if at.elapsed() >= wait {
-                        break;
+                    .map(|n| n.saturating_sub(pending_before + probes));
+                match left {
+                    Some(0) if now_ms() >= due => {
+                        let at = *fired_at.get_or_insert_with(Instant::now);
+                        if at.elapsed() >= wait {
+                            break;
+                        }
                     }
+                    // Not all fired yet (or not known): the wait starts again at the last fire.
+                    _ => fired_at = None,
                 }
                 if last_report.elapsed() >= Duration::from_secs(10) {
+                    let left = left.map_or("unknown (a partition has no leader)".into(), |n| {
+                        n.to_string()
+                    });
                     eprintln!(
                         "bench: {left} of {count} not fired yet; RSS MiB now {rss_max:?} at most"
                     );
@@ -591,5 +606,36 @@ fn report(global: &Global, result: &serde_json::Value) {
             "{}",
             serde_json::to_string_pretty(result).expect("json values serialize")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(leader: u64, pending: u64) -> v1::PartitionStatus {
+        v1::PartitionStatus {
+            leader,
+            timers_pending: pending,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pending_is_unknown_while_a_partition_has_no_leader() {
+        let mut status = v1::ClusterStatusResponse {
+            partition_count: 3,
+            partitions: vec![partition(1, 5), partition(2, 0), partition(3, 7)],
+            ..Default::default()
+        };
+        assert_eq!(pending_of(&status), Some(12));
+        status.partitions[2].leader = 0;
+        assert_eq!(
+            pending_of(&status),
+            None,
+            "a leaderless partition reports nothing"
+        );
+        status.partitions.pop();
+        assert_eq!(pending_of(&status), None, "a missing partition is not zero");
     }
 }
