@@ -31,12 +31,12 @@ use crate::tls::Tls;
 /// Raft messages can carry many entries with payloads of up to a MiB each.
 pub(crate) const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-/// Most encoded bytes of one AppendEntries request. openraft batches up to
-/// `max_payload_entries` (300) entries per request whatever their size, and one entry (a
-/// ScheduleBatch's timers of a partition) can take about 4 MiB: a follower catching up would
-/// be sent over a GiB at once, past [`MAX_RAFT_MESSAGE_BYTES`], and never catch up. Above this
-/// bound the request is refused before it is sent, with a hint of how many entries fit, and
-/// openraft sends fewer. A single entry always goes, whatever its size.
+/// Most encoded bytes of one AppendEntries request. The log reader already stops at
+/// `hourglass_storage::REPLICATION_READ_BYTES` of stored entries; this guards the encoding
+/// sent (openraft could otherwise batch up to `max_payload_entries`, 300, entries of up to
+/// about 4 MiB each, past [`MAX_RAFT_MESSAGE_BYTES`], and a follower would never catch up).
+/// Above this bound the request is refused before it is sent, with a hint of how many entries
+/// fit, and openraft sends fewer. A single entry always goes, whatever its size.
 pub(crate) const MAX_APPEND_BYTES: usize = 8 * 1024 * 1024;
 
 /// How many entries an AppendEntries request of `entries` entries encoding to `bytes` should
