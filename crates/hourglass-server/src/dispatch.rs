@@ -29,7 +29,7 @@ use hourglass_types::{TimerKey, TimerRecord};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::convert;
-use crate::metrics::Metrics;
+use crate::metrics::{FireStage, Metrics};
 
 pub type WorkerId = u64;
 
@@ -47,6 +47,9 @@ struct Inflight {
     record: TimerRecord,
     attempt: u32,
     holder: Option<Holder>,
+    /// When it was offered, until its first delivery after the offer: what
+    /// `fire_stage_seconds{stage="stream_write"}` measures. Redeliveries are not its delay.
+    offered: Option<Instant>,
 }
 
 struct WorkerState {
@@ -343,6 +346,7 @@ impl Dispatcher {
 
     /// Offers fired timers for delivery with the given attempt numbers.
     pub fn offer(&self, partition: u32, timers: impl IntoIterator<Item = (TimerRecord, u32)>) {
+        let offered = Instant::now();
         let mut s = self.lock();
         let mut touched = HashSet::new();
         for (record, attempt) in timers {
@@ -364,6 +368,7 @@ impl Dispatcher {
                     record,
                     attempt,
                     holder: None,
+                    offered: Some(offered),
                 },
             );
             touched.insert(queue);
@@ -619,6 +624,12 @@ fn pump(
         }
         w.credits -= 1;
         let now = Instant::now();
+        if let Some(offered) = item.offered.take() {
+            metrics.fire_stages.observe(
+                FireStage::StreamWrite,
+                now.saturating_duration_since(offered),
+            );
+        }
         w.unanswered_since.get_or_insert(now);
         metrics.timers_delivered.inc();
         if item.attempt > 1 {
@@ -713,6 +724,26 @@ mod tests {
         assert_eq!(acked.try_recv().unwrap().timer_id, "t0");
         assert_eq!(ids(&mut rx_a), vec![("t3".into(), 1)]);
         assert_eq!(d.stats().inflight, 4);
+    }
+
+    /// The stream write stage of a fire lasts from the offer to the first delivery after it,
+    /// waiting for a worker included; a redelivery after a timeout is not counted again.
+    #[test]
+    fn stream_write_is_timed_once_per_offer_from_offer_to_first_delivery() {
+        let (d, metrics) = counted(Duration::ZERO, IDLE);
+        let (acks, _acked) = mpsc::unbounded_channel();
+        d.attach_partition(0, acks, Arc::default());
+        d.offer(0, [(record("t", "q"), 1)]);
+        std::thread::sleep(Duration::from_millis(20));
+        let mut rx = d.subscribe("q", 10).deliveries;
+        assert_eq!(ids(&mut rx), vec![("t".into(), 1)]);
+        let stages = &metrics.fire_stages;
+        assert_eq!(stages.count(FireStage::StreamWrite), 1);
+        assert!(stages.sum(FireStage::StreamWrite) >= 0.020);
+        // The ack timeout (zero) passes: delivered again, not timed again.
+        d.expire(Instant::now());
+        assert_eq!(ids(&mut rx), vec![("t".into(), 2)]);
+        assert_eq!(stages.count(FireStage::StreamWrite), 1);
     }
 
     /// What the dispatcher holds is counted per partition and queue, in timers and payload

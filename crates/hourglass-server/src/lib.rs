@@ -24,6 +24,7 @@ mod metrics;
 mod network;
 mod node;
 mod routing;
+mod stages;
 pub mod status;
 mod timers;
 pub mod tls;
@@ -32,4 +33,5 @@ mod workers;
 
 pub use config::{NodeConfig, Peer, RaftConfig, TimersConfig};
 pub use error::{Error, Result};
+pub use metrics::{NAMESPACE, STAGE_HISTOGRAMS};
 pub use node::Node;

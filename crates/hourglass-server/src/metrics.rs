@@ -17,6 +17,8 @@ use prometheus::{
 };
 use tonic::codegen::http;
 
+pub use crate::stages::{FireStage, RaftStage, ScheduleStage, Stages};
+
 pub struct Metrics {
     registry: Registry,
     pub timers_scheduled: IntCounter,
@@ -31,6 +33,9 @@ pub struct Metrics {
     pub timers_in_memory: IntGaugeVec,
     pub fire_lateness: Histogram,
     pub raft_commit_latency: Histogram,
+    pub fire_stages: Stages<FireStage>,
+    pub schedule_stages: Stages<ScheduleStage>,
+    pub raft_stages: Stages<RaftStage>,
     pub raft_leader_changes: IntCounter,
     pub raft_log_entries: IntGaugeVec,
     pub raft_snapshots: IntCounter,
@@ -52,6 +57,14 @@ pub struct Metrics {
     pub client_calls_refused: IntCounterVec,
     pub tokens_file_reload_failures: IntCounter,
 }
+
+/// The prefix of every metric's name.
+pub const NAMESPACE: &str = "hourglass";
+/// The per-stage latency histograms (names without [`NAMESPACE`]), each labelled `stage`.
+pub const FIRE_STAGES: &str = "fire_stage_seconds";
+pub const SCHEDULE_STAGES: &str = "schedule_stage_seconds";
+pub const RAFT_STAGES: &str = "raft_stage_seconds";
+pub const STAGE_HISTOGRAMS: [&str; 3] = [FIRE_STAGES, SCHEDULE_STAGES, RAFT_STAGES];
 
 /// `reason` of [`Metrics::client_calls_refused`]: no or unknown credentials.
 pub const UNAUTHENTICATED: &str = "unauthenticated";
@@ -90,7 +103,7 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
 impl Metrics {
     pub fn new(node_id: u64) -> Self {
         let registry = Registry::new_custom(
-            Some("hourglass".into()),
+            Some(NAMESPACE.into()),
             Some([("node_id".to_string(), node_id.to_string())].into()),
         )
         .expect("valid registry");
@@ -139,6 +152,21 @@ impl Metrics {
         r.register(Box::new(StoreGauges::new(Arc::clone(&store))))
             .expect("metric registered once");
         Metrics {
+            fire_stages: Stages::new(
+                r,
+                FIRE_STAGES,
+                "Time of each stage of a fire on the partition's leader: propose (fire_at to the Fire proposed, by cluster time; per timer), commit (proposed to committed and applied; per Fire), dispatch (applied to offered to the dispatcher; per Fire), stream_write (offered to sent into a worker's stream; per timer, first delivery after the offer).",
+            ),
+            schedule_stages: Stages::new(
+                r,
+                SCHEDULE_STAGES,
+                "Time of each stage of a Schedule or ScheduleBatch call, per partition of the call: forward (received by a node that does not lead the partition to the leader's answer, on that node), propose (received by the leader to proposed), commit (proposed to committed and applied), respond (applied to the answer built).",
+            ),
+            raft_stages: Stages::new(
+                r,
+                RAFT_STAGES,
+                "Time of each Raft stage inside a commit, any command: leader_log_flush and follower_log_flush (a log append to its fsync, of this node's own entries as leader or of another leader's as follower), replication (an AppendEntries request with entries to a follower, sent to answered, on the leader), apply (a batch of committed entries applied, on every replica).",
+            ),
             wal,
             store,
             clock_offset,

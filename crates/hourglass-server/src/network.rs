@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hourglass_proto::internal::raft_transport_client::RaftTransportClient;
 use hourglass_proto::internal::RaftMessage;
@@ -26,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::debug;
 
 use crate::config::Peer;
+use crate::metrics::{Metrics, RaftStage};
 use crate::tls::Tls;
 
 /// Raft messages can carry many entries with payloads of up to a MiB each.
@@ -131,6 +132,7 @@ impl Peers {
 pub struct GroupNetworkFactory {
     pub partition: u32,
     pub peers: Arc<Peers>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
@@ -141,6 +143,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
             partition: self.partition,
             target,
             peers: Arc::clone(&self.peers),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 }
@@ -149,6 +152,7 @@ pub struct GroupNetwork {
     partition: u32,
     target: NodeId,
     peers: Arc<Peers>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Clone, Copy)]
@@ -228,7 +232,16 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
                 PayloadTooLarge::new_entries_hint(hint),
             ));
         }
-        self.call(Rpc::Append, body, &option).await
+        // Heartbeats carry no entries: they would hide replication's cost among round trips
+        // of nothing.
+        let sent = (!rpc.entries.is_empty()).then(Instant::now);
+        let answer = self.call(Rpc::Append, body, &option).await;
+        if let (Some(sent), Ok(_)) = (sent, &answer) {
+            self.metrics
+                .raft_stages
+                .observe(RaftStage::Replication, sent.elapsed());
+        }
+        answer
     }
 
     async fn install_snapshot(
@@ -311,6 +324,7 @@ mod tests {
             partition: 0,
             target: 2,
             peers: Arc::new(Peers::new(&[], None)),
+            metrics: Arc::new(Metrics::new(1)),
         }
     }
 

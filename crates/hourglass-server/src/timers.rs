@@ -1,6 +1,7 @@
 //! The public `Timers` service.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use hourglass_proto::v1;
 use hourglass_proto::v1::timers_client::TimersClient;
@@ -14,6 +15,7 @@ use crate::auth::Call;
 use crate::client_auth;
 use crate::convert;
 use crate::error::Error;
+use crate::metrics::{ScheduleStage, Stages};
 use crate::routing::{Router, Target, HOPS};
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -44,6 +46,10 @@ impl TimersService {
             router: Router::new(host),
             limits,
         }
+    }
+
+    fn stages(&self) -> &Stages<ScheduleStage> {
+        &self.router.host.metrics.schedule_stages
     }
 
     fn partition(&self, workflow_id: &str) -> u32 {
@@ -122,6 +128,7 @@ impl TimersService {
         items: Vec<(usize, v1::ScheduleRequest, TimerKey, TimerDefinition)>,
         hops: u32,
         received_at_ms: u64,
+        received: Instant,
     ) -> Vec<(usize, v1::ScheduleBatchResult)> {
         let fail_all = |items: &[(usize, v1::ScheduleRequest, TimerKey, TimerDefinition)],
                         e: Error| {
@@ -150,6 +157,8 @@ impl TimersService {
                         }),
                     Err(e) => Err(e),
                 };
+                self.stages()
+                    .observe(ScheduleStage::Forward, received.elapsed());
                 match answer {
                     Ok(response) => items
                         .iter()
@@ -167,7 +176,13 @@ impl TimersService {
                         .collect(),
                     received_at_ms,
                 };
-                match self.router.commit(partition, group, command).await {
+                let mut laps = self.stages().laps_from(received);
+                laps.mark(ScheduleStage::Propose);
+                let committed = self.router.commit(partition, group, command).await;
+                if committed.is_ok() {
+                    laps.mark(ScheduleStage::Commit);
+                }
+                let results = match committed {
                     Ok(CommandResponse::Many(outcomes)) => items
                         .iter()
                         .zip(outcomes)
@@ -188,8 +203,10 @@ impl TimersService {
                         &items,
                         Error::Internal(format!("unexpected batch outcome {other:?}")),
                     ),
-                    Err(e) => fail_all(&items, e),
-                }
+                    Err(e) => return fail_all(&items, e),
+                };
+                laps.mark(ScheduleStage::Respond);
+                results
             }
         }
     }
@@ -198,6 +215,7 @@ impl TimersService {
         &self,
         request: Request<v1::ScheduleBatchRequest>,
     ) -> Result<Response<v1::ScheduleBatchResponse>, Error> {
+        let received = Instant::now();
         let ids = request.get_ref().timers.iter();
         self.authorize(
             &request,
@@ -254,11 +272,9 @@ impl TimersService {
                 Err(e) => results[i] = Some(batch_result(Error::from(e).into())),
             }
         }
-        let done = futures::future::join_all(
-            by_partition
-                .into_iter()
-                .map(|(partition, items)| self.schedule_partition(partition, items, hops, now)),
-        )
+        let done = futures::future::join_all(by_partition.into_iter().map(|(partition, items)| {
+            self.schedule_partition(partition, items, hops, now, received)
+        }))
         .await;
         for (i, result) in done.into_iter().flatten() {
             results[i] = Some(result);
@@ -340,6 +356,7 @@ impl TimersService {
         &self,
         request: Request<v1::ScheduleRequest>,
     ) -> Result<Response<v1::ScheduleResponse>, Error> {
+        let received = Instant::now();
         self.authorize(
             &request,
             "Schedule",
@@ -357,11 +374,18 @@ impl TimersService {
                     .client(node)?
                     .schedule(self.forwarded(message, hops))
                     .await;
+                self.stages()
+                    .observe(ScheduleStage::Forward, received.elapsed());
                 forwarded(node, answer)
             }
             Target::Local(group) => {
+                let mut laps = self.stages().laps_from(received);
+                laps.mark(ScheduleStage::Propose);
                 let outcome = self.router.commit(partition, group, command).await?;
-                self.schedule_outcome(outcome, partition).map(Response::new)
+                laps.mark(ScheduleStage::Commit);
+                let response = self.schedule_outcome(outcome, partition).map(Response::new);
+                laps.mark(ScheduleStage::Respond);
+                response
             }
         }
     }

@@ -17,9 +17,9 @@ mod syncer;
 
 pub use error::{Error, Result};
 pub use log_store::{LogStore, REPLICATION_READ_BYTES};
-pub use state_machine::{StateMachine, TimerEvent, TimerEvents};
+pub use state_machine::{ApplyObserver, StateMachine, TimerEvent, TimerEvents};
 pub use store::{
     ClusterMeta, DueEntry, FiredEntry, PartitionState, Store, StoreMemory, TombstoneEntry,
     WeakStore,
 };
-pub use syncer::{LogSyncer, SyncStats};
+pub use syncer::{FlushObserver, LogSyncer, SyncStats};

@@ -208,9 +208,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let appended = std::time::Instant::now();
         let cf = self.store.cf(keys::CF_RAFT_LOG);
         let mut batch = WriteBatch::default();
+        // Whose append this is, by the leader of its last entry: a leader appends only entries
+        // of its own term; a follower's last entry is its leader's, unless it is catching up
+        // on older terms.
+        let mut leader = None;
         for entry in entries {
+            leader = Some(entry.log_id.leader_id.node_id);
             batch.put_cf(
                 cf,
                 keys::log_key(self.partition, entry.log_id.index),
@@ -223,7 +229,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .db
             .write(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.syncer.after_sync(callback);
+        self.syncer.after_sync(callback, appended, leader);
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hourglass_client::{v1, Client, RetryPolicy, Worker, WorkerOptions};
 use serde_json::json;
 
+use crate::breakdown;
 use crate::cli::{BenchCommand, Global};
 use crate::{usage, Failure};
 
@@ -117,6 +118,12 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
         return 0;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// p50, p99 and max of samples in ms.
+fn percentiles(mut samples: Vec<u64>) -> serde_json::Value {
+    samples.sort_unstable();
+    json!({ "p50": pct(&samples, 0.5), "p99": pct(&samples, 0.99), "max": pct(&samples, 1.0) })
 }
 
 /// How the load generator schedules.
@@ -246,6 +253,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                 return Err(usage("--rate must be positive"));
             }
             let queue = run.clone();
+            let stages_before = breakdown::before(&client).await;
             let mut worker = Worker::start(
                 Arc::clone(&client),
                 WorkerOptions {
@@ -294,6 +302,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             };
             let mut lateness = Vec::with_capacity(total as usize);
             let mut end_to_end = Vec::with_capacity(total as usize);
+            let mut receive = Vec::with_capacity(total as usize);
             let mut seen = HashSet::new();
             let started = Instant::now();
             let deadline = started + duration + lead + Duration::from_secs(60);
@@ -326,10 +335,12 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                 if seen.insert((t.workflow_id.clone(), t.timer_id.clone())) {
                     lateness.push(ts_ms(&t.delivered_at).saturating_sub(ts_ms(&t.fire_at)));
                     end_to_end.push(received.saturating_sub(ts_ms(&t.fire_at)));
+                    receive.push(received.saturating_sub(ts_ms(&t.delivered_at)));
                 }
                 d.ack();
             }
             producer.abort();
+            let stages = breakdown::after(&client, stages_before).await;
             lateness.sort_unstable();
             end_to_end.sort_unstable();
             if let Ok(disk) = disk_mib(&client).await {
@@ -340,6 +351,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                 "payload_bytes": payload,
                 "lateness_ms": { "p50": pct(&lateness, 0.5), "p99": pct(&lateness, 0.99), "max": pct(&lateness, 1.0) },
                 "end_to_end_ms": { "p50": pct(&end_to_end, 0.5), "p99": pct(&end_to_end, 0.99), "max": pct(&end_to_end, 1.0) },
+                "stages": stages, "worker_receive_ms": percentiles(receive),
                 "disk_mib_by_minute": disk_samples.iter().map(|(m, d)| json!({ "minute": m, "nodes": d })).collect::<Vec<_>>(),
                 "disk_spread_from_minute_5": disk_spread(&disk_samples, 5),
             });
@@ -358,6 +370,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                 "bench: scheduling {count} timers all due in {} s",
                 lead_ms / 1000
             );
+            let stages_before = breakdown::before(&client).await;
             let took =
                 schedule_many(&client, &run, &queue, count, load, Vec::new(), move |_| due).await?;
             let mut worker = Worker::start(
@@ -369,6 +382,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             )
             .await?;
             let mut seen = HashSet::new();
+            let mut receive = Vec::with_capacity(count as usize);
             let mut last = due;
             let deadline =
                 Instant::now() + Duration::from_millis(lead_ms) + Duration::from_secs(300);
@@ -381,11 +395,14 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                     && seen.insert((d.timer.workflow_id.clone(), d.timer.timer_id.clone()))
                 {
                     last = now_ms();
+                    receive.push(last.saturating_sub(ts_ms(&d.timer.delivered_at)));
                 }
                 d.ack();
             }
+            let stages = breakdown::after(&client, stages_before).await;
             let result = json!({
                 "bench": "burst", "timers": count, "delivered": seen.len(),
+                "stages": stages, "worker_receive_ms": percentiles(receive),
                 "schedule_seconds": took.as_secs_f64(),
                 "schedule_per_second": count as f64 / took.as_secs_f64(),
                 "deliver_all_after_due_ms": last.saturating_sub(due),

@@ -2,6 +2,7 @@
 
 mod allocator;
 mod bench;
+mod breakdown;
 mod cert_cmd;
 mod cli;
 mod client_cmds;

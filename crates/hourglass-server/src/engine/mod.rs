@@ -31,7 +31,7 @@ use crate::config::FaultConfig;
 use crate::config::NodeConfig;
 use crate::dispatch::Dispatcher;
 use crate::group::Group;
-use crate::metrics::Metrics;
+use crate::metrics::{FireStage, Metrics};
 
 /// Engine settings, from the node configuration.
 #[derive(Debug, Clone)]
@@ -439,13 +439,24 @@ impl Engine {
                 return Ok(());
             }
             let fired_at_ms = self.core.now_ms();
+            // Cluster time again: earlier batches of this turn waited for their commits.
+            let proposed_ms = cluster_now(&self.clock, &self.replicas, &self.config)
+                .map_or(fired_at_ms, |now| now.max(fired_at_ms));
+            for (at, _) in &due {
+                self.metrics.fire_stages.observe(
+                    FireStage::Propose,
+                    Duration::from_millis(proposed_ms.saturating_sub(*at)),
+                );
+            }
             let command = Command::Fire {
                 timers: due.iter().map(|(_, k)| k.clone()).collect(),
                 fired_at_ms,
             };
+            let mut laps = self.metrics.fire_stages.laps();
             match self.group.client_write(command).await {
                 Ok(response) => match response.data {
                     CommandResponse::Fired { timers, not_due } => {
+                        laps.mark(FireStage::Commit);
                         debug!(
                             partition = self.partition,
                             fired = timers.len(),
@@ -461,6 +472,9 @@ impl Engine {
                         self.core.put_back(not_due);
                         let demand = self.dispatcher.demand(self.partition);
                         let ready = self.windows.fired(timers, &demand, self.core.now_ms());
+                        if !ready.is_empty() {
+                            laps.mark(FireStage::Dispatch);
+                        }
                         self.offer(ready);
                     }
                     other => return Err(format!("unexpected fire outcome {other:?}")),

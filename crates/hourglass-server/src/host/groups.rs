@@ -13,6 +13,7 @@ use super::Host;
 use crate::error::{Error, Result};
 use crate::group::Group;
 use crate::network::GroupNetworkFactory;
+use crate::stages::{flush_stage, RaftStage};
 
 /// Schedule changes buffered per partition before a slow engine must reload its window (a
 /// bounded scan of the due index). The ring is allocated whole at start, about 90 bytes a
@@ -55,7 +56,16 @@ impl Host {
     /// Creates the group of every partition `meta` places on this node.
     pub(super) async fn open_groups(&self, meta: &ClusterMeta) -> Result<HashMap<u32, GroupSlot>> {
         let raft_config = Arc::new(self.config.openraft_config()?);
-        let syncer = LogSyncer::start(&self.store);
+        let flushes = Arc::clone(&self.metrics);
+        let node_id = self.node_id;
+        let syncer = LogSyncer::observed(
+            &self.store,
+            Box::new(move |leader, took| {
+                if let Some(stage) = flush_stage(node_id, leader) {
+                    flushes.raft_stages.observe(stage, took);
+                }
+            }),
+        );
         // Only the groups hold the writer itself, so that it (and the database it uses) ends
         // when they shut down; the metrics keep its counters.
         self.metrics.count_wal(syncer.stats());
@@ -65,14 +75,18 @@ impl Host {
             let network = GroupNetworkFactory {
                 partition,
                 peers: Arc::clone(&self.peers),
+                metrics: Arc::clone(&self.metrics),
             };
+            let applies = Arc::clone(&self.metrics);
             let events = tokio::sync::broadcast::channel(EVENT_BUFFER).0;
             let raft = Raft::new(
                 self.node_id,
                 Arc::clone(&raft_config),
                 network,
                 LogStore::new(self.store.clone(), partition, syncer.clone()),
-                StateMachine::open(self.store.clone(), partition, events.clone())?,
+                StateMachine::open(self.store.clone(), partition, events.clone())?.observe_apply(
+                    Arc::new(move |took| applies.raft_stages.observe(RaftStage::Apply, took)),
+                ),
             )
             .instrument(tracing::info_span!(
                 "group",

@@ -47,6 +47,9 @@ pub enum TimerEvent {
 
 pub type TimerEvents = tokio::sync::broadcast::Sender<TimerEvent>;
 
+/// Told how long each batch of committed entries took to apply.
+pub type ApplyObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
 /// The timer state machine of one partition on this node.
 pub struct StateMachine {
     store: Store,
@@ -56,6 +59,7 @@ pub struct StateMachine {
     /// One snapshot build or install of this partition at a time: both write and prune the
     /// same directory, and an install would delete a build's file before its rename.
     snapshot_lock: Arc<Mutex<()>>,
+    applied: Option<ApplyObserver>,
 }
 
 impl StateMachine {
@@ -75,6 +79,7 @@ impl StateMachine {
             dir,
             events,
             snapshot_lock: Arc::default(),
+            applied: None,
         };
         // An install cut short by a crash left part of the partition replaced: finish it from
         // the snapshot file, which was complete and durable before the install began.
@@ -87,6 +92,12 @@ impl StateMachine {
             sm.load_snapshot(&record, INSTALL_BATCH_BYTES)?;
         }
         Ok(sm)
+    }
+
+    /// Tells `observe` how long each batch of entries takes to apply from now on.
+    pub fn observe_apply(mut self, observe: ApplyObserver) -> Self {
+        self.applied = Some(observe);
+        self
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(&self, tag: u8) -> Result<Option<T>> {
@@ -245,6 +256,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut out = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
@@ -252,6 +264,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.apply_entry(entry)
                     .map_err(|e| StorageIOError::apply(log_id, &e))?,
             );
+        }
+        if let Some(observe) = &self.applied {
+            observe(started.elapsed());
         }
         Ok(out)
     }
@@ -290,6 +305,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             dir: self.dir.clone(),
             events: self.events.clone(),
             snapshot_lock: Arc::clone(&self.snapshot_lock),
+            applied: None,
         };
         let meta_owned = meta.clone();
         tokio::task::spawn_blocking(move || sm.install(&meta_owned, file))
