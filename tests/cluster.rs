@@ -96,10 +96,12 @@ async fn schedule_through_one_node_read_through_another() {
         .all(|p| p.leader != 0 && p.replicas.len() == 3));
     let pending: u64 = status.partitions.iter().map(|p| p.timers_pending).sum();
     assert_eq!(pending, 5);
-    // Every node re-executed itself with two malloc arenas (crates/hourglass/src/allocator.rs).
+    // Every node re-executed itself with two malloc arenas and a fixed mmap threshold
+    // (crates/hourglass/src/allocator.rs).
     for id in 1..=3 {
         assert!(
-            c.stderr(id).contains("glibc.malloc.arena_max=2"),
+            c.stderr(id).contains("glibc.malloc.arena_max=2")
+                && c.stderr(id).contains("glibc.malloc.mmap_threshold=131072"),
             "{}",
             c.stderr(id)
         );

@@ -92,7 +92,7 @@ impl LogStore {
         &self,
         range: impl RangeBounds<u64>,
         budget: usize,
-    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+    ) -> crate::Result<Vec<Entry<TypeConfig>>> {
         let start = match range.start_bound() {
             Bound::Included(&i) => i,
             Bound::Excluded(&i) => i + 1,
@@ -107,7 +107,7 @@ impl LogStore {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for item in iter {
-            let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            let (k, v) = item?;
             if !k.starts_with(&prefix) || !range.contains(&keys::log_index_of(&k)) {
                 break;
             }
@@ -115,7 +115,7 @@ impl LogStore {
                 break;
             }
             bytes += v.len();
-            out.push(codec::decode("log entry", &v).map_err(|e| StorageIOError::read_logs(&e))?);
+            out.push(codec::decode("log entry", &v)?);
         }
         Ok(out)
     }
@@ -127,6 +127,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
         self.read_entries(range, usize::MAX)
+            .map_err(|e| StorageIOError::read_logs(&e).into())
     }
 
     /// What replication sends: bounded in bytes, so that a stream's memory and the time a
@@ -137,26 +138,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         end: u64,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
         self.read_entries(start..end, REPLICATION_READ_BYTES)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::read_is_full;
-
-    #[test]
-    fn a_read_stops_at_its_budget_but_never_before_the_first_entry() {
-        assert!(
-            !read_is_full(0, 0, 10_000, 100),
-            "a large first entry goes alone"
-        );
-        assert!(read_is_full(1, 10_000, 1, 100));
-        assert!(!read_is_full(2, 60, 40, 100), "exactly the budget fits");
-        assert!(read_is_full(2, 60, 41, 100));
-        assert!(
-            !read_is_full(5, usize::MAX - 1, 0, usize::MAX),
-            "no overflow"
-        );
+            .map_err(|e| StorageIOError::read_logs(&e).into())
     }
 }
 
@@ -264,5 +246,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .write(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_is_full;
+
+    #[test]
+    fn a_read_stops_at_its_budget_but_never_before_the_first_entry() {
+        assert!(
+            !read_is_full(0, 0, 10_000, 100),
+            "a large first entry goes alone"
+        );
+        assert!(read_is_full(1, 10_000, 1, 100));
+        assert!(!read_is_full(2, 60, 40, 100), "exactly the budget fits");
+        assert!(read_is_full(2, 60, 41, 100));
+        assert!(
+            !read_is_full(5, usize::MAX - 1, 0, usize::MAX),
+            "no overflow"
+        );
     }
 }

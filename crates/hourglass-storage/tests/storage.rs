@@ -407,7 +407,7 @@ async fn replication_reads_the_log_in_byte_bounded_requests() {
             (next..next + got.len() as u64).collect::<Vec<_>>(),
             "contiguous from where the last request stopped"
         );
-        let bytes: usize = got.iter().map(|e| bincode_len(e)).sum();
+        let bytes: usize = got.iter().map(bincode_len).sum();
         assert!(
             got.len() == 1 || bytes <= hourglass_storage::REPLICATION_READ_BYTES,
             "{} entries of {bytes} bytes in one request",

@@ -2,36 +2,52 @@
 //! eight per core) and hands little of what they free back to the system: a node that held a
 //! burst of fired timers stayed about 180 MiB above its live heap (docs/benchmarks.md, heap
 //! profile). Two arenas keep a node's resident memory near its heap for a small cost in
-//! contention. The count is a glibc tunable, read once at process start, so `serve` and `dev`
-//! re-execute themselves with it (safe code, unlike `mallopt`); an environment that sets
-//! `glibc.malloc.arena_max` itself is left as it is. jemalloc, which returns memory by itself,
-//! hung at start under libfaketime, which the clock tests and the chaos harness preload.
+//! contention. glibc also raises its mmap threshold each time a large block is freed (up to
+//! 32 MiB), after which replication's and RocksDB's buffers of a few hundred KiB come from the
+//! arenas and stay there once freed; a fixed threshold of 128 KiB keeps every such buffer in
+//! its own mapping, returned as soon as it is freed (docs/benchmarks.md, run G). Tunables are
+//! read once at process start, so `serve` and `dev` re-execute themselves with them (safe code,
+//! unlike `mallopt`); a tunable the environment sets itself is left as it is. jemalloc, which
+//! returns memory by itself, hung at start under libfaketime, which the clock tests and the
+//! chaos harness preload.
 
 use std::ffi::OsString;
 
 const TUNABLES: &str = "GLIBC_TUNABLES";
-const ARENA_MAX: &str = "glibc.malloc.arena_max";
-/// Arenas a node runs with.
-const ARENAS: u32 = 2;
+/// What a node runs with unless its environment says otherwise.
+const DEFAULTS: [(&str, &str); 2] = [
+    ("glibc.malloc.arena_max", "2"),
+    ("glibc.malloc.mmap_threshold", "131072"),
+];
 
-/// The `GLIBC_TUNABLES` to run with given the current one, or `None` when it already sets the
-/// arena count (so a re-executed process does not re-execute again).
+/// The `GLIBC_TUNABLES` to run with given the current one, or `None` when it already sets
+/// every tunable of [`DEFAULTS`] (so a re-executed process does not re-execute again).
 pub fn tunables(current: Option<&str>) -> Option<String> {
-    match current.map(str::trim).filter(|t| !t.is_empty()) {
-        Some(t)
-            if t.split(':')
-                .any(|kv| kv.split('=').next() == Some(ARENA_MAX)) =>
-        {
-            None
-        }
-        Some(t) => Some(format!("{t}:{ARENA_MAX}={ARENAS}")),
-        None => Some(format!("{ARENA_MAX}={ARENAS}")),
+    let current = current.map(str::trim).filter(|t| !t.is_empty());
+    let set = |key: &str| {
+        current.is_some_and(|t| t.split(':').any(|kv| kv.split('=').next() == Some(key)))
+    };
+    let missing: Vec<String> = DEFAULTS
+        .iter()
+        .filter(|(key, _)| !set(key))
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    if missing.is_empty() {
+        return None;
     }
+    Some(
+        current
+            .into_iter()
+            .map(str::to_owned)
+            .chain(missing)
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
 }
 
-/// Re-executes this process with at most [`ARENAS`] malloc arenas unless its environment sets
-/// the count. Returns only when it did not re-execute: already set, or exec failed (then the
-/// process goes on with glibc's default, after a warning). Call it before any thread starts.
+/// Re-executes this process with the tunables of [`DEFAULTS`] its environment does not set.
+/// Returns only when it did not re-execute: all set, or exec failed (then the process goes on
+/// with glibc's defaults, after a warning). Call it before any thread starts.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn limit_arenas() {
     use std::os::unix::process::CommandExt as _;
@@ -58,8 +74,8 @@ pub fn limit_arenas() {}
 
 fn warn(e: &dyn std::fmt::Display) {
     eprintln!(
-        "warning: could not re-execute with {TUNABLES}={ARENA_MAX}={ARENAS} ({e}); the node runs \
-         with glibc's default malloc arenas and may hold more memory than it uses"
+        "warning: could not re-execute with {TUNABLES} set ({e}); the node runs with glibc's \
+         default malloc settings and may hold more memory than it uses"
     );
 }
 
@@ -72,21 +88,24 @@ pub fn describe() -> String {
 mod tests {
     use super::*;
 
+    const BOTH: &str = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=131072";
+
     #[test]
-    fn the_arena_count_is_added_once_and_never_overrides_the_operator() {
-        assert_eq!(tunables(None).as_deref(), Some("glibc.malloc.arena_max=2"));
-        assert_eq!(
-            tunables(Some(" ")).as_deref(),
-            Some("glibc.malloc.arena_max=2")
-        );
+    fn the_defaults_are_added_once_and_never_override_the_operator() {
+        assert_eq!(tunables(None).as_deref(), Some(BOTH));
+        assert_eq!(tunables(Some(" ")).as_deref(), Some(BOTH));
         assert_eq!(
             tunables(Some("glibc.malloc.trim_threshold=131072")).as_deref(),
-            Some("glibc.malloc.trim_threshold=131072:glibc.malloc.arena_max=2")
+            Some(format!("glibc.malloc.trim_threshold=131072:{BOTH}").as_str())
         );
-        assert_eq!(tunables(Some("glibc.malloc.arena_max=2")), None);
+        assert_eq!(tunables(Some(BOTH)), None);
         assert_eq!(
-            tunables(Some("glibc.malloc.tcache_count=0:glibc.malloc.arena_max=8")),
-            None
+            tunables(Some("glibc.malloc.tcache_count=0:glibc.malloc.arena_max=8")).as_deref(),
+            Some("glibc.malloc.tcache_count=0:glibc.malloc.arena_max=8:glibc.malloc.mmap_threshold=131072")
+        );
+        assert_eq!(
+            tunables(Some("glibc.malloc.mmap_threshold=65536")).as_deref(),
+            Some("glibc.malloc.mmap_threshold=65536:glibc.malloc.arena_max=2")
         );
         let once = tunables(Some("glibc.malloc.tcache_count=0")).unwrap();
         assert_eq!(tunables(Some(&once)), None);
