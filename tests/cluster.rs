@@ -429,6 +429,70 @@ async fn schedule_batch_answers_each_timer_in_order() {
     assert_eq!(pending, 301);
 }
 
+/// Unary Schedules to one partition arriving together share Raft entries (fewer entries than
+/// Schedules), and each still gets its own answer: created, an identical repeat, a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_schedules_share_entries_and_keep_their_own_answers() {
+    let c = cluster().await;
+    let partition = partition_for("shared", c.partitions);
+    let status = c.status().await.unwrap();
+    let p = status
+        .partitions
+        .iter()
+        .find(|p| p.partition == partition)
+        .unwrap();
+    let applied_before = p.applied_index;
+    // Straight to the leader: no forwarding in between to spread the calls out.
+    let client = c.client_of(&[p.leader]);
+    client
+        .schedule(schedule_in("shared", "existing", HOUR, "x"))
+        .await
+        .unwrap();
+    const N: usize = 400;
+    let client = std::sync::Arc::new(client);
+    let calls: Vec<_> = (0..N)
+        .map(|i| {
+            let client = std::sync::Arc::clone(&client);
+            tokio::spawn(async move {
+                let request = match i {
+                    0 => schedule_in("shared", "existing", HOUR, "x"),
+                    1 => schedule_in("shared", "existing", HOUR, "different"),
+                    _ => schedule_in("shared", &format!("t{i}"), HOUR, &i.to_string()),
+                };
+                client.schedule(request).await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap());
+    }
+    assert!(results[0].as_ref().is_ok_and(|r| !r.created));
+    assert_eq!(
+        results[1].as_ref().unwrap_err().code(),
+        Some(Code::AlreadyExists)
+    );
+    for (i, r) in results.iter().enumerate().skip(2) {
+        let r = r.as_ref().unwrap();
+        let timer = r.timer.as_ref().unwrap();
+        assert!(r.created);
+        assert_eq!(timer.timer_id, format!("t{i}"), "each call its own answer");
+        assert_eq!(timer.payload, i.to_string().as_bytes());
+    }
+    let status = c.status().await.unwrap();
+    let p = status
+        .partitions
+        .iter()
+        .find(|p| p.partition == partition)
+        .unwrap();
+    let entries = p.applied_index - applied_before;
+    assert!(
+        entries < N as u64 / 2,
+        "{N} concurrent Schedules took {entries} entries"
+    );
+    assert_eq!(client.list("shared").await.unwrap().len(), N - 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tombstones_expire_as_fast_as_timers_complete() {
     // Batches of 100: expiring one batch per partition per sweep (what this replaced) would

@@ -81,3 +81,30 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The same failure once more, for each of the proposals one Raft entry carried. A commit
+    /// fails only as [`Error::Unavailable`] or [`Error::DeadlineExceeded`], both plain data;
+    /// anything else keeps its message.
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Unavailable {
+                partition,
+                reason,
+                leader,
+            } => Error::Unavailable {
+                partition: *partition,
+                reason: reason.clone(),
+                leader: leader.clone(),
+            },
+            Error::DeadlineExceeded {
+                partition,
+                timeout_ms,
+            } => Error::DeadlineExceeded {
+                partition: *partition,
+                timeout_ms: *timeout_ms,
+            },
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod auth;
 mod client_auth;
 pub mod clock;
 mod clock_probe;
+mod combine;
 pub mod config;
 mod convert;
 mod dispatch;

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Call;
 use crate::client_auth;
+use crate::combine::Combiner;
 use crate::convert;
 use crate::error::Error;
 use crate::metrics::{ScheduleStage, Stages};
@@ -32,9 +33,20 @@ const MAX_LIST_PAGE_BYTES: usize = 3 * 1024 * 1024;
 /// by gRPC itself, OUT_OF_RANGE).
 const MAX_BATCH_PAYLOAD_BYTES: usize = 3 * 1024 * 1024;
 
+/// One unary Schedule waiting for its Raft entry: the timer and when it was received.
+type Proposal = (TimerKey, TimerDefinition, u64);
+type Outcome = Result<CommandResponse, Error>;
+
+/// Raft entries of unary Schedules one partition keeps in flight at once on its leader; more
+/// Schedules arriving meanwhile wait and share the next entry.
+const SCHEDULES_IN_FLIGHT: usize = 4;
+/// Most unary Schedules sharing one entry: with payloads of up to 64 KiB, 4 MiB at most.
+const SCHEDULES_PER_ENTRY: usize = 64;
+
 pub struct TimersService {
-    router: Router,
+    router: Arc<Router>,
     limits: Limits,
+    schedules: Arc<Combiner<Proposal, Outcome>>,
 }
 
 impl TimersService {
@@ -43,8 +55,9 @@ impl TimersService {
             max_payload_bytes: host.config.max_payload_bytes,
         };
         TimersService {
-            router: Router::new(host),
+            router: Arc::new(Router::new(host)),
             limits,
+            schedules: Arc::new(Combiner::new(SCHEDULES_IN_FLIGHT, SCHEDULES_PER_ENTRY)),
         }
     }
 
@@ -91,6 +104,54 @@ impl TimersService {
             self.router.host.config.request_timeout() + std::time::Duration::from_secs(1),
         );
         req
+    }
+}
+
+/// Commits unary Schedules of `partition` as one entry (a plain `Schedule` when alone) and
+/// returns one outcome per proposal. Delays of a group count from its latest receipt: a timer
+/// may fire a few milliseconds later than alone, never earlier (G2).
+async fn commit_schedules(
+    router: &Router,
+    partition: u32,
+    proposals: Vec<Proposal>,
+) -> Vec<Outcome> {
+    let n = proposals.len();
+    let Some(group) = router.host.group(partition) else {
+        return (0..n)
+            .map(|_| {
+                Err(Error::Unavailable {
+                    partition,
+                    reason: "this node no longer holds the partition".into(),
+                    leader: None,
+                })
+            })
+            .collect();
+    };
+    let received_at_ms = proposals.iter().map(|p| p.2).max().unwrap_or_default();
+    let command = match <[Proposal; 1]>::try_from(proposals) {
+        Ok([(key, definition, received_at_ms)]) => Command::Schedule {
+            key,
+            definition,
+            received_at_ms,
+        },
+        Err(proposals) => Command::ScheduleMany {
+            timers: proposals.into_iter().map(|(k, d, _)| (k, d)).collect(),
+            received_at_ms,
+        },
+    };
+    match router.commit(partition, group, command).await {
+        Ok(CommandResponse::Many(outcomes)) if outcomes.len() == n && n > 1 => {
+            outcomes.into_iter().map(Ok).collect()
+        }
+        Ok(outcome) if n == 1 => vec![Ok(outcome)],
+        Ok(other) => (0..n)
+            .map(|_| {
+                Err(Error::Internal(format!(
+                    "unexpected schedule outcome {other:?}"
+                )))
+            })
+            .collect(),
+        Err(e) => (0..n).map(|_| Err(e.duplicate())).collect(),
     }
 }
 
@@ -378,10 +439,34 @@ impl TimersService {
                     .observe(ScheduleStage::Forward, received.elapsed());
                 forwarded(node, answer)
             }
-            Target::Local(group) => {
+            Target::Local(_) => {
+                let Command::Schedule {
+                    key,
+                    definition,
+                    received_at_ms,
+                } = command
+                else {
+                    return Err(Error::Internal(format!("not a schedule: {command:?}")));
+                };
                 let mut laps = self.stages().laps_from(received);
                 laps.mark(ScheduleStage::Propose);
-                let outcome = self.router.commit(partition, group, command).await?;
+                let router = Arc::clone(&self.router);
+                let outcome = self
+                    .schedules
+                    .submit(
+                        partition,
+                        (key, definition, received_at_ms),
+                        move |proposals| {
+                            let router = Arc::clone(&router);
+                            async move { commit_schedules(&router, partition, proposals).await }
+                        },
+                    )
+                    .await
+                    .unwrap_or_else(|| {
+                        Err(Error::Internal(
+                            "the Raft entry carrying this schedule was lost".into(),
+                        ))
+                    })?;
                 laps.mark(ScheduleStage::Commit);
                 let response = self.schedule_outcome(outcome, partition).map(Response::new);
                 laps.mark(ScheduleStage::Respond);
