@@ -22,6 +22,17 @@ async fn pending_timers(c: &Cluster) -> u64 {
         .sum()
 }
 
+/// What the cluster reports of `partition`.
+async fn partition_status(c: &Cluster, partition: u32) -> v1::PartitionStatus {
+    c.status()
+        .await
+        .unwrap()
+        .partitions
+        .into_iter()
+        .find(|p| p.partition == partition)
+        .unwrap()
+}
+
 async fn cluster() -> Cluster {
     Cluster::start(Options::default())
         .await
@@ -435,12 +446,7 @@ async fn schedule_batch_answers_each_timer_in_order() {
 async fn concurrent_schedules_share_entries_and_keep_their_own_answers() {
     let c = cluster().await;
     let partition = partition_for("shared", c.partitions);
-    let status = c.status().await.unwrap();
-    let p = status
-        .partitions
-        .iter()
-        .find(|p| p.partition == partition)
-        .unwrap();
+    let p = partition_status(&c, partition).await;
     let applied_before = p.applied_index;
     // Straight to the leader: no forwarding in between to spread the calls out.
     let client = c.client_of(&[p.leader]);
@@ -479,12 +485,7 @@ async fn concurrent_schedules_share_entries_and_keep_their_own_answers() {
         assert_eq!(timer.timer_id, format!("t{i}"), "each call its own answer");
         assert_eq!(timer.payload, i.to_string().as_bytes());
     }
-    let status = c.status().await.unwrap();
-    let p = status
-        .partitions
-        .iter()
-        .find(|p| p.partition == partition)
-        .unwrap();
+    let p = partition_status(&c, partition).await;
     let entries = p.applied_index - applied_before;
     assert!(
         entries < N as u64 / 2,
