@@ -354,16 +354,9 @@ async fn a_lagging_node_catches_up_through_a_snapshot() {
     }
     c.spawn(lagging).unwrap();
     // The log it misses was purged, so it can only catch up from a snapshot.
-    let snap_dir = c.data_dir(lagging).join("snapshots").join("p0");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let has_snapshot = std::fs::read_dir(&snap_dir)
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".snap"))
-            })
-            .unwrap_or(false);
-        if has_snapshot {
+        if has_snapshot(&c, lagging) {
             break;
         }
         assert!(
@@ -376,6 +369,50 @@ async fn a_lagging_node_catches_up_through_a_snapshot() {
     c.kill(others[0]);
     let client = c.client_of(&[lagging, others[1]]);
     assert_eq!(client.list("w").await.unwrap().len(), 100);
+}
+
+/// Whether `node` has a snapshot file of partition 0.
+fn has_snapshot(c: &Cluster, node: u64) -> bool {
+    std::fs::read_dir(c.data_dir(node).join("snapshots").join("p0"))
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+        })
+        .unwrap_or(false)
+}
+
+/// A log that grows by `raft.snapshot_after_log_bytes` is snapshotted (and so purged) on every
+/// replica, however few entries it holds: here a few dozen, against a count of a million.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_snapshots_when_its_log_grows_in_bytes() {
+    let c = Cluster::start(Options {
+        partitions: 1,
+        extra_toml: "[raft]\nsnapshot_after_logs = 1000000\nsnapshot_after_log_bytes = 65536\n"
+            .into(),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let client = c.client();
+    let payload = "x".repeat(4096);
+    for i in 0..60 {
+        client
+            .schedule(schedule_in("w", &format!("t{i}"), HOUR, &payload))
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(1..=3).all(|n| has_snapshot(&c, n)) {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot on nodes {:?} after 240 KiB of log",
+            (1..=3)
+                .filter(|&n| !has_snapshot(&c, n))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(client.list("w").await.unwrap().len(), 60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -233,9 +233,75 @@ async fn a_killed_workers_unacked_timers_go_to_another_worker() {
     );
 }
 
+/// Fire-ahead (`timers.fire_ahead`, here a second): timers are FIRED before their due
+/// instant, so the commit is over by then, yet no worker receives one before it by this
+/// test's clock (G2); a cancel in between answers ALREADY_FIRED and the timer is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_fired_ahead_reach_workers_at_their_instant_never_before() {
+    let c = Cluster::start(Options {
+        extra_toml: "[timers]\nack_timeout_ms = 3000\nfire_ahead = \"1s\"\n".into(),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let worker = c.worker("q", &[]).unwrap();
+    let client = c.client();
+    let base = now_ms() + 3_000;
+    let due = |i: u64| base + i * 20;
+    let batch = (0..100u64)
+        .map(|i| schedule_at(&format!("wf-{i}"), "t", "q", due(i), ""))
+        .collect();
+    for r in client.schedule_batch(batch).await.unwrap() {
+        r.unwrap();
+    }
+    let expected: BTreeSet<_> = (0..100u64)
+        .map(|i| (format!("wf-{i}"), "t".to_owned()))
+        .collect();
+    // The last one is FIRED while its due instant is still ahead by this test's clock.
+    loop {
+        let t = client.get("wf-99", "t").await.unwrap();
+        let now = now_ms();
+        if t.state == v1::TimerState::Fired as i32 {
+            assert!(now < due(99), "FIRED only {} ms after due", now - due(99));
+            break;
+        }
+        assert!(now < due(99), "not fired ahead of its due instant: {t:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = client.cancel("wf-99", "t").await.unwrap();
+    assert_eq!(r.outcome, v1::CancelOutcome::AlreadyFired as i32);
+    assert!(
+        now_ms() < due(99),
+        "the cancel must race the due instant to mean something"
+    );
+    let seen = worker
+        .wait_for(Duration::from_secs(30), |s| keys(s) == expected)
+        .await
+        .unwrap();
+    assert_none_early(&seen);
+    for s in &seen {
+        assert!(
+            s.received_ms >= s.fire_at_ms,
+            "received {} ms before due by the test's clock: {s:?}",
+            s.fire_at_ms - s.received_ms
+        );
+        assert_eq!(
+            s.fired_at_ms, s.fire_at_ms,
+            "fired ahead at its instant: {s:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_that_answered_cancelled_is_never_delivered() {
-    let c = Cluster::start(options()).await.unwrap();
+    // Timers are proposed this long before their due instant: that is when the race is.
+    const FIRE_AHEAD_MS: u64 = 100;
+    let c = Cluster::start(Options {
+        extra_toml: format!("[timers]\nack_timeout_ms = 3000\nfire_ahead_ms = {FIRE_AHEAD_MS}\n"),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
     let worker = c.worker("q", &[]).unwrap();
     let client = std::sync::Arc::new(c.client());
     // One batch, so the cancels still come before the due times on a loaded machine.
@@ -246,11 +312,11 @@ async fn a_cancel_that_answered_cancelled_is_never_delivered() {
     for r in client.schedule_batch(batch).await.unwrap() {
         r.unwrap();
     }
-    // Cancel each one around its due time, racing the fire.
+    // Cancel each one around the time its fire is proposed, racing it.
     let mut tasks = Vec::new();
     for i in 0..200u64 {
         let client = std::sync::Arc::clone(&client);
-        let at = base + (i % 20) * 50 + (i % 7) * 20;
+        let at = (base + (i % 20) * 50 + (i % 7) * 20).saturating_sub(FIRE_AHEAD_MS);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(
                 at.saturating_sub(now_ms()).saturating_sub(60),

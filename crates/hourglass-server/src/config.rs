@@ -69,6 +69,7 @@ pub const MILLISECOND_KEYS: &[(&str, &str)] = &[
     ("raft", "election_timeout_min"),
     ("raft", "election_timeout_max"),
     ("timers", "window"),
+    ("timers", "fire_ahead"),
     ("timers", "ack_timeout"),
     ("timers", "tombstone_retention"),
     ("fault", "early_fire"),
@@ -214,6 +215,9 @@ pub struct RaftConfig {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and purge the log) after this many applied entries.
     pub snapshot_after_logs: u64,
+    /// Or once the log has grown by this many bytes since the last snapshot (or by half that
+    /// snapshot's size, when more), whichever comes first.
+    pub snapshot_after_log_bytes: u64,
     /// Entries kept in the log behind a snapshot, so slightly lagging followers need no snapshot.
     pub logs_kept_after_snapshot: u64,
 }
@@ -225,6 +229,7 @@ impl Default for RaftConfig {
             election_timeout_min_ms: 1_000,
             election_timeout_max_ms: 2_000,
             snapshot_after_logs: 10_000,
+            snapshot_after_log_bytes: 4 << 20,
             logs_kept_after_snapshot: 1_000,
         }
     }
@@ -242,6 +247,12 @@ pub struct TimersConfig {
     pub max_in_memory_per_partition: usize,
     /// Most timers per `Fire` or `Complete` proposal.
     pub batch: usize,
+    /// Key `timers.fire_ahead`: timers are proposed to fire this long before their due
+    /// instant, so that the Raft round trip is over by then, and handed to a worker at that
+    /// instant by cluster time (never earlier, G2). A cancel that commits in between answers
+    /// ALREADY_FIRED. Zero fires at the due instant, after which the commit adds its latency.
+    #[serde(rename = "fire_ahead", with = "millis")]
+    pub fire_ahead_ms: u64,
     /// Most fired timers of one queue a partition's leader holds in memory for delivery
     /// (pending or awaiting an ack); the rest wait on disk, in fire order. Only queues with a
     /// worker connected to the leader have such a window.
@@ -270,6 +281,7 @@ impl Default for TimersConfig {
             window_ms: 60_000,
             max_in_memory_per_partition: 50_000,
             batch: 1_000,
+            fire_ahead_ms: 100,
             delivery_window: 1_000,
             delivery_window_bytes: 8 << 20,
             ack_timeout_ms: 30_000,
@@ -574,11 +586,24 @@ impl NodeConfig {
         if r.snapshot_after_logs == 0 {
             return bad("raft.snapshot_after_logs must be positive".into());
         }
+        if r.snapshot_after_log_bytes < 64 << 10 {
+            return bad(format!(
+                "raft.snapshot_after_log_bytes must be at least 65536 (64 KiB), got {}",
+                r.snapshot_after_log_bytes
+            ));
+        }
         let t = &self.timers;
         if t.window_ms < 1_000 {
             return bad(format!(
                 "timers.window must be at least 1s, got {}",
                 human(t.window_ms)
+            ));
+        }
+        if t.fire_ahead_ms > 1_000 || t.fire_ahead_ms > t.window_ms / 2 {
+            return bad(format!(
+                "timers.fire_ahead must be at most 1s and at most half of timers.window ({}), got {}",
+                human(t.window_ms),
+                human(t.fire_ahead_ms)
             ));
         }
         if t.max_in_memory_per_partition < 100 {
@@ -1262,12 +1287,14 @@ mod tests {
                 election_timeout_min_ms: 1_500,
                 election_timeout_max_ms: 2_500,
                 snapshot_after_logs: 5_000,
+                snapshot_after_log_bytes: 1 << 20,
                 logs_kept_after_snapshot: 500,
             },
             timers: TimersConfig {
                 window_ms: 90_000,
                 max_in_memory_per_partition: 1_000,
                 batch: 10,
+                fire_ahead_ms: 25,
                 delivery_window: 77,
                 delivery_window_bytes: 3 << 20,
                 ack_timeout_ms: 5_000,
@@ -1328,7 +1355,7 @@ mod tests {
         assert_ne!(config.timers, defaults.timers);
         assert_ne!(config.grpc, defaults.grpc);
         let all = keys();
-        assert_eq!(all.len(), 36, "{all:?}");
+        assert_eq!(all.len(), 38, "{all:?}");
         let pairs = printed(&config);
         for (key, text) in &pairs {
             let default_text = &printed(&defaults)
@@ -1568,6 +1595,20 @@ mod tests {
             },
             "grpc.http2_keepalive_timeout",
         );
+        // Fire-ahead: at most 1s and half the window.
+        for (window_ms, fire_ahead_ms) in [(60_000, 1_001), (1_000, 501)] {
+            refused(
+                NodeConfig {
+                    timers: TimersConfig {
+                        window_ms,
+                        fire_ahead_ms,
+                        ..Default::default()
+                    },
+                    ..single.clone()
+                },
+                "timers.fire_ahead must be at most 1s and at most half of timers.window",
+            );
+        }
         // The delivery window at the edges of what it accepts.
         for (window, bytes, named) in [
             (

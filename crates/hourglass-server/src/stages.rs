@@ -45,10 +45,13 @@ stages! {
     FireStage {
         /// The timer's fire_at → the engine proposes the `Fire` holding it (cluster time).
         Propose = "propose",
-        /// The `Fire` proposed → committed and applied (`client_write` returns).
+        /// The `Fire` proposed → its answer (committed and applied) taken by the engine.
         Commit = "commit",
         /// The `Fire` applied → its timers offered to the dispatcher.
         Dispatch = "dispatch",
+        /// A timer fired ahead and parked: its fire_at → offered to the dispatcher (cluster
+        /// time).
+        Release = "release",
         /// A timer offered to the dispatcher → its delivery sent into a worker's stream.
         StreamWrite = "stream_write",
     }
@@ -108,11 +111,6 @@ impl<S: Stage> Stages<S> {
 
     pub fn observe(&self, stage: S, took: Duration) {
         self.by_stage[stage.index()].observe(took.as_secs_f64());
-    }
-
-    /// A stopwatch over consecutive stages, starting now.
-    pub fn laps(&self) -> Laps<'_, S> {
-        self.laps_from(Instant::now())
     }
 
     /// A stopwatch over consecutive stages, the first starting at `start`.

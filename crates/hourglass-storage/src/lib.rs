@@ -16,7 +16,7 @@ mod store;
 mod syncer;
 
 pub use error::{Error, Result};
-pub use log_store::{LogStore, REPLICATION_READ_BYTES};
+pub use log_store::{LogGrowth, LogStore, REPLICATION_READ_BYTES};
 pub use state_machine::{ApplyObserver, StateMachine, TimerEvent, TimerEvents};
 pub use store::{
     ClusterMeta, DueEntry, FiredEntry, PartitionState, Store, StoreMemory, TombstoneEntry,

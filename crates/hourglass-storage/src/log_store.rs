@@ -1,5 +1,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use hourglass_types::{NodeId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -19,6 +21,19 @@ pub struct LogStore {
     store: Store,
     partition: u32,
     syncer: LogSyncer,
+    growth: LogGrowth,
+}
+
+/// Stored bytes of entries a partition's log store has appended since it was opened, shared
+/// with whoever decides when the log is long enough for a snapshot: openraft counts entries
+/// only, and entries range from a few bytes to megabytes.
+#[derive(Debug, Clone, Default)]
+pub struct LogGrowth(Arc<AtomicU64>);
+
+impl LogGrowth {
+    pub fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl LogStore {
@@ -28,7 +43,13 @@ impl LogStore {
             store,
             partition,
             syncer,
+            growth: LogGrowth::default(),
         }
+    }
+
+    /// What this log store (and its clones) have appended.
+    pub fn growth(&self) -> LogGrowth {
+        self.growth.clone()
     }
 
     fn get_state<T: serde::de::DeserializeOwned>(&self, tag: u8) -> crate::Result<Option<T>> {
@@ -197,13 +218,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // of its own term; a follower's last entry is its leader's, unless it is catching up
         // on older terms.
         let mut leader = None;
+        let mut bytes = 0;
         for entry in entries {
             leader = Some(entry.log_id.leader_id.node_id);
-            batch.put_cf(
-                cf,
-                keys::log_key(self.partition, entry.log_id.index),
-                codec::encode(&entry),
-            );
+            let value = codec::encode(&entry);
+            bytes += value.len() as u64;
+            batch.put_cf(cf, keys::log_key(self.partition, entry.log_id.index), value);
         }
         // Written now so readers see the entries at once; durable once the syncer's fsync
         // covering this write completes the callback.
@@ -211,6 +231,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .db
             .write(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.growth.0.fetch_add(bytes, Ordering::Relaxed);
         self.syncer.after_sync(callback, appended, leader);
         Ok(())
     }

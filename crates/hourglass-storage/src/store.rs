@@ -22,7 +22,14 @@ const BLOCK_CACHE_BYTES: usize = 64 << 20;
 /// A rarely written family (Raft votes, the fired index while no timer fires) otherwise keeps
 /// every log file since its last write: under steady load the data directory grew to ~2 GiB
 /// of log for ~200 MiB of tables before RocksDB's default limit (4 × the memtables) set in.
-const MAX_WAL_BYTES: u64 = 128 << 20;
+/// Small, because the log's fill-and-release cycle is most of how much the directory swings
+/// under a steady load (docs/benchmarks.md): 128 MiB swung it by 1.6–1.8×.
+const MAX_WAL_BYTES: u64 = 32 << 20;
+/// Table files and the first level's size. Timers, the due index and the Raft log are keyed by
+/// partition first, so every flush overlaps the tail of every partition's range; small files
+/// keep what a compaction rewrites (and briefly holds twice on disk) to those tails.
+const TARGET_FILE_BYTES: u64 = 8 << 20;
+const LEVEL_BASE_BYTES: u64 = 64 << 20;
 
 /// What a node records about its cluster the first time it starts, and checks on every start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +146,8 @@ impl Store {
             let mut cf = Options::default();
             cf.set_block_based_table_factory(&table);
             cf.set_write_buffer_size(MEMTABLE_BYTES_PER_CF);
+            cf.set_target_file_size_base(TARGET_FILE_BYTES);
+            cf.set_max_bytes_for_level_base(LEVEL_BASE_BYTES);
             ColumnFamilyDescriptor::new(*name, cf)
         });
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;

@@ -57,6 +57,18 @@ pub enum Command {
         timers: Vec<TimerKey>,
         before_ms: u64,
     },
+    /// A `Fire` that also takes timers due a little later (fire-ahead), so that the Raft round
+    /// trip is over by their due instant: the partition's time becomes `max(now_ms, its
+    /// high-water time)` as for `Fire`, and each listed timer still SCHEDULED and due by
+    /// `max(until_ms, that time)` becomes FIRED at `max(that time, its fire_at)`, the instant
+    /// it is meant to be delivered. The leader hands none to a worker before its due instant
+    /// by cluster time (G2); a cancel that commits in between answers ALREADY_FIRED (G4).
+    /// Last among the variants, so that logs written before it still decode.
+    FireAhead {
+        timers: Vec<TimerKey>,
+        now_ms: u64,
+        until_ms: u64,
+    },
 }
 
 impl std::fmt::Display for Command {
@@ -67,7 +79,9 @@ impl std::fmt::Display for Command {
             }
             Command::Cancel { key, .. } => write!(f, "cancel {}/{}", key.workflow_id, key.timer_id),
             Command::ScheduleMany { timers, .. } => write!(f, "schedule {} timers", timers.len()),
-            Command::Fire { timers, .. } => write!(f, "fire {} timers", timers.len()),
+            Command::Fire { timers, .. } | Command::FireAhead { timers, .. } => {
+                write!(f, "fire {} timers", timers.len())
+            }
             Command::Complete { timers, .. } => write!(f, "complete {} timers", timers.len()),
             Command::Expire { timers, .. } => write!(f, "expire {} tombstones", timers.len()),
         }

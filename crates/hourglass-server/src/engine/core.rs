@@ -7,6 +7,10 @@
 //! highest one seen is too) and keeps the wheel, whose own time cannot go back, consistent
 //! with what the engine proposes. Timers come from a [`DueIndex`]; the wheel holds at most a
 //! cap of them, always the earliest (G7).
+//!
+//! With fire-ahead, timers are taken `ahead_ms` before their due instant, so that their fire
+//! has committed by then: the wheel runs that far ahead of the core's time. What the core
+//! takes early is not handed to a worker early; that is the delivery windows' job.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -28,6 +32,8 @@ pub struct CoreConfig {
     pub max_in_memory: usize,
     /// Most timers per `Fire` proposal.
     pub batch: usize,
+    /// How long before their due instant timers are taken to fire.
+    pub ahead_ms: u64,
 }
 
 pub struct EngineCore<R> {
@@ -52,7 +58,7 @@ impl<R: DueIndex> EngineCore<R> {
     /// A core starting at `start_ms`: the higher of the cluster time and the partition's
     /// high-water time.
     pub fn new(partition: u32, config: CoreConfig, reader: R, start_ms: u64) -> Self {
-        let clock = ManualClock::new(start_ms);
+        let clock = ManualClock::new(start_ms.saturating_add(config.ahead_ms));
         EngineCore {
             partition,
             config,
@@ -71,6 +77,11 @@ impl<R: DueIndex> EngineCore<R> {
         self.now_ms
     }
 
+    /// Timers due by this instant are taken to fire: the core's time plus the fire-ahead.
+    pub fn horizon_ms(&self) -> u64 {
+        self.now_ms.saturating_add(self.config.ahead_ms)
+    }
+
     /// Timers held in memory: in the wheel or due.
     pub fn in_memory(&self) -> usize {
         self.wheel.len() + self.due.len()
@@ -80,7 +91,7 @@ impl<R: DueIndex> EngineCore<R> {
     pub fn advance(&mut self, cluster_ms: u64) -> u64 {
         if cluster_ms > self.now_ms {
             self.now_ms = cluster_ms;
-            self.clock.set(cluster_ms);
+            self.clock.set(self.horizon_ms());
         }
         self.now_ms
     }
@@ -174,7 +185,7 @@ impl<R: DueIndex> EngineCore<R> {
     }
 
     /// The next timers to propose as one `Fire`, in `(fire_at, workflow_id, timer_id)` order
-    /// (G7), each with its due instant; empty when nothing is due by the core's time.
+    /// (G7), each with its due instant; empty when nothing is due by the horizon.
     pub fn take_due(&mut self) -> Vec<(u64, TimerKey)> {
         let mut expired = Vec::new();
         self.wheel.poll(&mut expired);
@@ -216,10 +227,11 @@ impl<R: DueIndex> EngineCore<R> {
             None if self.wheel.len() > self.config.max_in_memory / 2 => None,
             None => Some(self.now_ms),
         };
-        [self.wheel.next_deadline(), refill]
-            .into_iter()
-            .flatten()
-            .min()
+        let take = self
+            .wheel
+            .next_deadline()
+            .map(|at| at.saturating_sub(self.config.ahead_ms));
+        [take, refill].into_iter().flatten().min()
     }
 }
 
@@ -274,12 +286,17 @@ mod tests {
     }
 
     fn core(index: &Index, cap: usize, start: u64) -> EngineCore<Index> {
+        core_ahead(index, cap, start, 0)
+    }
+
+    fn core_ahead(index: &Index, cap: usize, start: u64, ahead_ms: u64) -> EngineCore<Index> {
         EngineCore::new(
             P,
             CoreConfig {
                 window_ms: 60_000,
                 max_in_memory: cap,
                 batch: 1_000,
+                ahead_ms,
             },
             index.clone(),
             start,
@@ -292,9 +309,10 @@ mod tests {
         let due = core.take_due();
         for (at, key) in &due {
             assert!(
-                *at <= core.now_ms(),
-                "proposed {key:?} due {at} at {}",
-                core.now_ms()
+                *at <= core.horizon_ms(),
+                "proposed {key:?} due {at} at {} (horizon {})",
+                core.now_ms(),
+                core.horizon_ms()
             );
             index.remove(*at, key);
         }
@@ -319,6 +337,26 @@ mod tests {
             fire(&index, &mut core),
             vec![(T0 + 1_000, a), (T0 + 2_000, b), (T0 + 2_000, c)]
         );
+    }
+
+    #[test]
+    fn fire_ahead_takes_timers_that_long_before_due_and_no_earlier() {
+        let index = Index::default();
+        let a = index.add(T0 + 1_000, "a");
+        let b = index.add(T0 + 1_050, "b");
+        let mut core = core_ahead(&index, 100, T0, 50);
+        assert!(fire(&index, &mut core).is_empty());
+        let wake = core.next_wake_ms().unwrap();
+        assert!(wake > T0 && wake <= T0 + 950, "{wake}");
+        core.advance(T0 + 949);
+        assert!(fire(&index, &mut core).is_empty());
+        assert_eq!(core.horizon_ms(), T0 + 999);
+        core.advance(T0 + 950);
+        assert_eq!(fire(&index, &mut core), vec![(T0 + 1_000, a)]);
+        core.advance(T0 + 999);
+        assert!(fire(&index, &mut core).is_empty());
+        core.advance(T0 + 1_000);
+        assert_eq!(fire(&index, &mut core), vec![(T0 + 1_050, b)]);
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //!
 //! A fired timer of a fire committed before this engine started may have been delivered by an
 //! earlier leader: it goes out as the next attempt. One fired since goes out as attempt 1.
+//!
+//! A timer fired ahead of its due instant (fire-ahead) is taken into the window like any other
+//! but parked until the engine's time reaches that instant ([`DeliveryWindows::release`]):
+//! none goes out early (G2), and a parked timer counts against the window's room.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -46,6 +50,31 @@ struct Cursor {
     /// The last read found nothing more on disk: until something does not fit, every timer
     /// fired from now on is offered as it fires.
     caught_up: bool,
+    /// Taken from the index but not due yet, by `(fire_at, raw key)`: released in due order.
+    parked: BTreeMap<(u64, Vec<u8>), Delivery>,
+    /// What `parked` holds.
+    parked_held: Held,
+}
+
+impl Cursor {
+    /// Hands `record` out now if it is due by `now_ms`, else parks it until it is.
+    fn take(
+        &mut self,
+        raw: Vec<u8>,
+        record: TimerRecord,
+        attempt: u32,
+        now_ms: u64,
+        out: &mut Vec<Delivery>,
+    ) {
+        if record.fire_at_ms <= now_ms {
+            out.push((record, attempt));
+        } else {
+            self.parked_held.timers += 1;
+            self.parked_held.bytes += record.definition.payload.len();
+            self.parked
+                .insert((record.fire_at_ms, raw), (record, attempt));
+        }
+    }
 }
 
 pub struct DeliveryWindows<R> {
@@ -76,6 +105,8 @@ impl<R: FiredIndex> DeliveryWindows<R> {
             .or_insert_with(|| Cursor {
                 next: keys::fired_queue_prefix(partition, queue),
                 caught_up: false,
+                parked: BTreeMap::new(),
+                parked_held: Held::default(),
             })
     }
 
@@ -97,18 +128,26 @@ impl<R: FiredIndex> DeliveryWindows<R> {
         }
     }
 
-    /// Room left in a window that holds `held`, as (timers, bytes); `None` when it is full.
-    fn room(&self, held: Held) -> Option<(usize, usize)> {
-        let timers = self.config.timers.saturating_sub(held.timers);
-        let bytes = self.config.bytes.saturating_sub(held.bytes);
+    /// Room left in a window whose dispatcher holds `held` and which has `parked` parked, as
+    /// (timers, bytes); `None` when it is full.
+    fn room(&self, held: Held, parked: Held) -> Option<(usize, usize)> {
+        let timers = self
+            .config
+            .timers
+            .saturating_sub(held.timers.saturating_add(parked.timers));
+        let bytes = self
+            .config
+            .bytes
+            .saturating_sub(held.bytes.saturating_add(parked.bytes));
         (timers > 0 && bytes > 0).then_some((timers, bytes))
     }
 
     /// Fired timers of `queue` to offer now, read from the index after the cursor into the
     /// room its window has left (`held` is what the dispatcher holds of it). None is offered
-    /// before it is due by `now_ms`, the engine's time.
+    /// before it is due by `now_ms`, the engine's time: those are parked.
     pub fn load(&mut self, queue: &str, held: Held, now_ms: u64) -> Result<Vec<Delivery>, String> {
-        let Some((limit, max_bytes)) = self.room(held) else {
+        let parked = self.cursor(queue).parked_held;
+        let Some((limit, max_bytes)) = self.room(held, parked) else {
             return Ok(Vec::new());
         };
         let cursor = self.cursor(queue);
@@ -121,22 +160,41 @@ impl<R: FiredIndex> DeliveryWindows<R> {
             .iter()
             .map(|e| e.record.definition.payload.len())
             .sum();
-        let mut caught_up = entries.len() < limit && bytes < max_bytes;
+        let caught_up = entries.len() < limit && bytes < max_bytes;
         let mut out = Vec::with_capacity(entries.len());
-        let mut next = None;
+        let next = entries.last().map(|e| e.raw.clone());
         for FiredEntry { raw, record } in entries {
-            // Everything fired is due by the partition's time, which the engine's time starts
-            // at; should that ever not hold, the timer waits on disk rather than go out early.
-            if record.fire_at_ms > now_ms {
-                caught_up = false;
-                break;
-            }
-            next = Some(raw);
             let attempt = self.attempt(&record);
-            out.push((record, attempt));
+            self.cursor(queue)
+                .take(raw, record, attempt, now_ms, &mut out);
         }
         self.advance(queue, next, caught_up);
         Ok(out)
+    }
+
+    /// Parked timers of every queue that are due by `now_ms`, in due order per queue.
+    pub fn release(&mut self, now_ms: u64) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        for cursor in self.cursors.values_mut() {
+            while let Some(entry) = cursor.parked.first_entry() {
+                if entry.key().0 > now_ms {
+                    break;
+                }
+                let (record, attempt) = entry.remove();
+                cursor.parked_held.timers -= 1;
+                cursor.parked_held.bytes -= record.definition.payload.len();
+                out.push((record, attempt));
+            }
+        }
+        out
+    }
+
+    /// The earliest due instant of a parked timer, when the engine must look again.
+    pub fn next_release_ms(&self) -> Option<u64> {
+        self.cursors
+            .values()
+            .filter_map(|c| c.parked.first_key_value().map(|(k, _)| k.0))
+            .min()
     }
 
     /// Of the timers a fire just committed, those to offer at once: the next ones of windows
@@ -165,24 +223,25 @@ impl<R: FiredIndex> DeliveryWindows<R> {
                 }
                 continue;
             };
-            if !self.cursors.get(&queue).is_some_and(|c| c.caught_up) {
+            let Some(cursor) = self.cursors.get(&queue).filter(|c| c.caught_up) else {
                 continue;
-            }
+            };
+            let parked = cursor.parked_held;
             fired.sort_by(|a, b| a.0.cmp(&b.0));
             let mut held = held;
             let mut next = None;
             let mut all = true;
             for (raw, record) in fired {
-                let fits = self.room(held).is_some() && record.fire_at_ms <= now_ms;
-                if !fits {
+                if self.room(held, parked).is_none() {
                     all = false;
                     break;
                 }
                 held.timers += 1;
                 held.bytes += record.definition.payload.len();
-                next = Some(raw);
+                next = Some(raw.clone());
                 let attempt = self.attempt(&record);
-                out.push((record, attempt));
+                self.cursor(&queue)
+                    .take(raw, record, attempt, now_ms, &mut out);
             }
             self.advance(&queue, next, all);
         }
@@ -208,6 +267,18 @@ mod tests {
 
     impl Index {
         fn fire(&self, seq: u64, id: &str, queue: &str, payload: usize) -> TimerRecord {
+            self.fire_due(seq, id, queue, payload, NOW - 1)
+        }
+        /// A timer due at `due`, fired by the fire at log index `seq` (ahead, if `due` is
+        /// after the time the test gives the windows).
+        fn fire_due(
+            &self,
+            seq: u64,
+            id: &str,
+            queue: &str,
+            payload: usize,
+            due: u64,
+        ) -> TimerRecord {
             let record = TimerRecord {
                 key: TimerKey {
                     workflow_id: "wf".into(),
@@ -215,14 +286,14 @@ mod tests {
                 },
                 definition: TimerDefinition {
                     queue: queue.into(),
-                    fire_at_ms: Some(NOW - 1),
+                    fire_at_ms: Some(due),
                     delay_ms: None,
                     payload: vec![1; payload],
                 },
-                fire_at_ms: NOW - 1,
+                fire_at_ms: due,
                 state: TimerState::Fired,
                 created_at_ms: 0,
-                fired_at_ms: Some(NOW - 1),
+                fired_at_ms: Some(due),
                 finished_at_ms: None,
                 attempt: 1,
                 fire_seq: Some(seq),
@@ -348,12 +419,38 @@ mod tests {
     }
 
     #[test]
-    fn nothing_goes_out_before_it_is_due() {
+    fn timers_fired_ahead_are_parked_until_due_and_count_against_the_room() {
         let index = Index::default();
         index.fire(1, "a", "q", 0);
-        let mut w = windows(&index, 10, 1_000, 0);
+        let mut w = windows(&index, 3, 1_000, 0);
+        // Read from disk before its due instant (a new leader, say): parked, not offered.
         assert!(w.load("q", held(0, 0), NOW - 2).unwrap().is_empty());
-        assert_eq!(w.load("q", held(0, 0), NOW - 1).unwrap().len(), 1);
+        assert_eq!(w.next_release_ms(), Some(NOW - 1));
+        assert!(w.release(NOW - 2).is_empty());
+        assert_eq!(ids(&w.release(NOW - 1)), [("a".into(), 1)]);
+        assert_eq!(w.next_release_ms(), None);
+        // Caught up: a fire of one due timer and three due later, one of which does not fit.
+        let demand = |timers| Demand::from_iter([("q".to_owned(), held(timers, 0))]);
+        let fired = vec![
+            index.fire_due(2, "late", "q", 0, NOW + 30),
+            index.fire_due(2, "now", "q", 0, NOW),
+            index.fire_due(2, "soon", "q", 0, NOW + 10),
+            index.fire_due(2, "later", "q", 0, NOW + 40),
+        ];
+        // The dispatcher holds "a": room for two, the due one at once and one parked; the
+        // other two wait on disk.
+        assert_eq!(ids(&w.fired(fired, &demand(1), NOW)), [("now".into(), 1)]);
+        assert_eq!(w.next_release_ms(), Some(NOW + 10));
+        // The parked one counts: with "a" and "now" held, the window is full.
+        assert!(w.load("q", held(2, 0), NOW).unwrap().is_empty());
+        assert_eq!(ids(&w.release(NOW + 29)), [("soon".into(), 1)]);
+        // Two acked: the rest is read from disk, parked, and released in due order.
+        assert!(w.load("q", held(1, 0), NOW + 29).unwrap().is_empty());
+        assert_eq!(w.next_release_ms(), Some(NOW + 30));
+        assert_eq!(ids(&w.release(NOW + 39)), [("late".into(), 1)]);
+        assert_eq!(ids(&w.release(NOW + 40)), [("later".into(), 1)]);
+        assert_eq!(w.next_release_ms(), None);
+        assert!(w.load("q", held(0, 0), NOW + 40).unwrap().is_empty());
     }
 
     #[derive(Debug, Clone)]

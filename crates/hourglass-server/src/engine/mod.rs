@@ -1,20 +1,24 @@
 //! The timer engine of one partition, run by its leader: the thin driver of [`core`].
 //!
 //! It feeds the core cluster time (never this node's bare wall clock), the due index and the
-//! schedule changes as they are applied; proposes what the core finds due as batched `Fire`
-//! commands stamped with the core's time; puts back what a fire did not take; hands fired
-//! timers to the dispatcher as [`delivery`] decides (a bounded window per queue with a worker,
-//! refilled from the fired index as acks free room); and proposes acknowledged deliveries as
-//! batched `Complete` commands. It waits on the monotonic clock (tokio's timers) and stops
+//! schedule changes as they are applied; proposes what the core finds due (up to the
+//! fire-ahead past its time) as batched `Fire` commands stamped with the core's time; puts
+//! back what a fire did not take; hands fired timers to the dispatcher as [`delivery`] decides
+//! (a bounded window per queue with a worker, refilled from the fired index as acks free room;
+//! a timer fired ahead only from its due instant by cluster time); and proposes acknowledged
+//! deliveries as batched `Complete` commands. It waits on the monotonic clock (tokio's timers) and stops
 //! when the node loses leadership; the next leader starts its own from the replicated state.
 
 pub mod core;
 pub mod delivery;
 pub mod expiry;
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hourglass_storage::{DueEntry, FiredEntry, Store, TimerEvent, TimerEvents, TombstoneEntry};
 use hourglass_types::{Command, CommandResponse, NodeId, TimerKey};
@@ -42,6 +46,8 @@ pub struct EngineConfig {
     pub max_timers_in_memory: usize,
     /// Most timers in one `Fire` or `Complete` proposal.
     pub batch: usize,
+    /// How long before their due instant timers are proposed to fire.
+    pub fire_ahead: Duration,
     /// Most fired timers of one queue held in memory for delivery, in number and payload bytes.
     pub delivery_window: WindowConfig,
     /// Longest single wait; cluster time is re-read at least this often.
@@ -61,6 +67,7 @@ impl From<&NodeConfig> for EngineConfig {
             window: Duration::from_millis(timers.window_ms),
             max_timers_in_memory: timers.max_in_memory_per_partition,
             batch: timers.batch,
+            fire_ahead: Duration::from_millis(timers.fire_ahead_ms),
             delivery_window: WindowConfig {
                 timers: timers.delivery_window,
                 bytes: timers.delivery_window_bytes,
@@ -82,6 +89,55 @@ const TOMBSTONE_SWEEP: Duration = Duration::from_secs(5);
 const CLOCK_JUMP_MS: u64 = 1_000;
 /// How long to wait for the cluster clock when a majority of the partition's clocks is unknown.
 const CLOCK_RETRY: Duration = Duration::from_millis(100);
+/// `Fire` proposals of one partition in flight at once. Proposed in order, their entries
+/// commit in that order (G7); answers are taken in that order too. One at a time, the engine
+/// waited out each commit before it could propose the next or hand a parked timer to a worker,
+/// which put a commit's latency back between a timer fired ahead and its delivery.
+const FIRES_IN_FLIGHT: usize = 4;
+
+/// The answer to a proposal, once committed and applied.
+type Outcome = Pin<Box<dyn Future<Output = Result<CommandResponse, String>> + Send>>;
+
+/// A `Fire` proposed and not yet answered.
+struct PendingFire {
+    /// Its timers with their due instants, put back if it fails.
+    due: Vec<(u64, TimerKey)>,
+    fired_at_ms: u64,
+    proposed: Instant,
+    outcome: Outcome,
+}
+
+/// Proposes `command` without waiting for its commit: the entry is in the leader's queue, in
+/// call order, when this returns.
+async fn propose(group: &Group, command: Command) -> Result<Outcome, String> {
+    let answer = group
+        .client_write_ff(command)
+        .await
+        .map_err(|e| format!("proposal refused: {e}"))?;
+    Ok(Box::pin(async move {
+        match answer.await {
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the group ended before answering".to_owned()),
+        }
+    }))
+}
+
+/// Waits for the oldest pending fire's answer; never ready when there is none.
+async fn oldest(fires: &mut VecDeque<PendingFire>) -> Result<CommandResponse, String> {
+    match fires.front_mut() {
+        Some(fire) => fire.outcome.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for `expiring`'s answer; never ready when there is none.
+async fn answer(expiring: &mut Option<(usize, u64, Outcome)>) -> Result<CommandResponse, String> {
+    match expiring {
+        Some((_, _, outcome)) => outcome.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The due index of one partition in the node's store.
 struct StoreIndex {
@@ -143,6 +199,11 @@ struct Engine {
     /// The partition's tombstone index, which `expiry` reads.
     tombstones: StoreIndex,
     expiry: Expiry,
+    /// Proposed fires, oldest first.
+    fires: VecDeque<PendingFire>,
+    /// The `Expire` batch proposed (its size and cutoff), if any: one at a time, since the
+    /// next batch is read from where this one ends.
+    expiring: Option<(usize, u64, Outcome)>,
     next_sweep: tokio::time::Instant,
     /// Published count of timers in memory, for status.
     in_memory: Arc<AtomicU64>,
@@ -262,6 +323,7 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
             window_ms: u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX),
             max_in_memory: config.max_timers_in_memory,
             batch: config.batch,
+            ahead_ms: u64::try_from(config.fire_ahead.as_millis()).unwrap_or(u64::MAX),
         },
         StoreIndex {
             store: store.clone(),
@@ -293,6 +355,8 @@ pub async fn run(context: EngineContext, mut stop: watch::Receiver<bool>) {
             config.batch,
         ),
         next_sweep: tokio::time::Instant::now(),
+        fires: VecDeque::new(),
+        expiring: None,
         in_memory: Arc::clone(&in_memory),
         #[cfg(feature = "fault-injection")]
         acks: ack_tx_for_faults,
@@ -351,7 +415,7 @@ impl Engine {
                     let now = self.core.advance(cluster);
                     last = (tokio::time::Instant::now(), now);
                     self.core.refill()?;
-                    self.fire_due().await?;
+                    self.propose_fires().await?;
                     self.load_fired()?;
                     self.in_memory
                         .store(self.core.in_memory() as u64, Ordering::Relaxed);
@@ -363,10 +427,19 @@ impl Engine {
                     // large the backlog of tombstones.
                     self.expire_tombstones().await?;
                     let now = self.core.now_ms();
-                    if self.expiry.busy() {
+                    if self.expiry.busy() && self.expiring.is_none() {
                         Duration::ZERO
                     } else {
-                        match self.core.next_wake_ms() {
+                        // With every place taken, the oldest fire's answer is the next thing
+                        // to wait for, not the due timers the core holds.
+                        let fire = (self.fires.len() < FIRES_IN_FLIGHT)
+                            .then(|| self.core.next_wake_ms())
+                            .flatten();
+                        let wake = [fire, self.windows.next_release_ms()]
+                            .into_iter()
+                            .flatten()
+                            .min();
+                        match wake {
                             Some(at) => self
                                 .config
                                 .max_sleep
@@ -396,6 +469,8 @@ impl Engine {
                     Err(broadcast::error::RecvError::Closed) => return Err("state machine gone".into()),
                 },
                 _ = self.wake.notified() => {}
+                outcome = oldest(&mut self.fires) => self.fire_answered(outcome)?,
+                outcome = answer(&mut self.expiring) => self.expiry_answered(outcome)?,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -419,27 +494,35 @@ impl Engine {
         }
     }
 
-    /// Offers what the windows of queues with a worker have room for, from the fired index.
+    /// Offers what the windows of queues with a worker have room for, from the fired index,
+    /// and what they parked that is now due.
     fn load_fired(&mut self) -> Result<(), String> {
         let now = self.core.now_ms();
         for (queue, held) in self.dispatcher.demand(self.partition).iter() {
             let ready = self.windows.load(queue, held, now)?;
             self.offer(ready);
         }
+        let due = self.windows.release(now);
+        for (record, _) in &due {
+            self.metrics.fire_stages.observe(
+                FireStage::Release,
+                Duration::from_millis(now.saturating_sub(record.fire_at_ms)),
+            );
+        }
+        self.offer(due);
         Ok(())
     }
 
-    /// Proposes every due timer, in `(fire_at, workflow_id, timer_id)` order (G7), stamped with
-    /// the core's time; offers what the committed fires moved to FIRED for delivery and puts
-    /// back what they did not.
-    async fn fire_due(&mut self) -> Result<(), String> {
-        loop {
+    /// Proposes timers due by the core's horizon, in `(fire_at, workflow_id, timer_id)` order
+    /// (G7), stamped with the core's time, while fewer than [`FIRES_IN_FLIGHT`] are pending.
+    async fn propose_fires(&mut self) -> Result<(), String> {
+        while self.fires.len() < FIRES_IN_FLIGHT {
             let due = self.core.take_due();
             if due.is_empty() {
                 return Ok(());
             }
             let fired_at_ms = self.core.now_ms();
-            // Cluster time again: earlier batches of this turn waited for their commits.
+            // Cluster time again: the turn may have taken a while.
             let proposed_ms = cluster_now(&self.clock, &self.replicas, &self.config)
                 .map_or(fired_at_ms, |now| now.max(fired_at_ms));
             for (at, _) in &due {
@@ -448,43 +531,79 @@ impl Engine {
                     Duration::from_millis(proposed_ms.saturating_sub(*at)),
                 );
             }
-            let command = Command::Fire {
-                timers: due.iter().map(|(_, k)| k.clone()).collect(),
-                fired_at_ms,
+            let timers = due.iter().map(|(_, k)| k.clone()).collect();
+            let until_ms = self.core.horizon_ms();
+            // Without fire-ahead, the command nodes of every release understand, so that a
+            // rolling upgrade works with `timers.fire_ahead = 0` (docs/operations.md).
+            let command = if until_ms > fired_at_ms {
+                Command::FireAhead {
+                    timers,
+                    now_ms: fired_at_ms,
+                    until_ms,
+                }
+            } else {
+                Command::Fire {
+                    timers,
+                    fired_at_ms,
+                }
             };
-            let mut laps = self.metrics.fire_stages.laps();
-            match self.group.client_write(command).await {
-                Ok(response) => match response.data {
-                    CommandResponse::Fired { timers, not_due } => {
-                        laps.mark(FireStage::Commit);
-                        debug!(
-                            partition = self.partition,
-                            fired = timers.len(),
-                            not_due = not_due.len(),
-                            "fired"
-                        );
-                        self.metrics.timers_fired.inc_by(timers.len() as u64);
-                        for t in &timers {
-                            let at = t.fired_at_ms.unwrap_or(fired_at_ms);
-                            let late = at.saturating_sub(t.fire_at_ms);
-                            self.metrics.fire_lateness.observe(late as f64 / 1000.0);
-                        }
-                        self.core.put_back(not_due);
-                        let demand = self.dispatcher.demand(self.partition);
-                        let ready = self.windows.fired(timers, &demand, self.core.now_ms());
-                        if !ready.is_empty() {
-                            laps.mark(FireStage::Dispatch);
-                        }
-                        self.offer(ready);
-                    }
-                    other => return Err(format!("unexpected fire outcome {other:?}")),
-                },
+            let proposed = Instant::now();
+            match propose(&self.group, command).await {
+                Ok(outcome) => self.fires.push_back(PendingFire {
+                    due,
+                    fired_at_ms,
+                    proposed,
+                    outcome,
+                }),
                 Err(e) => {
                     // Not lost either way: the next engine reloads them from the due index.
                     self.core
                         .put_back(due.into_iter().map(|(at, key)| (key, at)));
-                    return Err(format!("fire not committed: {e}"));
+                    return Err(e);
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the oldest pending fire's answer: offers what it moved to FIRED for delivery
+    /// (parking what is not due yet) and puts back what it did not.
+    fn fire_answered(&mut self, outcome: Result<CommandResponse, String>) -> Result<(), String> {
+        let fire = self
+            .fires
+            .pop_front()
+            .expect("an answer is for the oldest fire");
+        match outcome {
+            Ok(CommandResponse::Fired { timers, not_due }) => {
+                let mut laps = self.metrics.fire_stages.laps_from(fire.proposed);
+                laps.mark(FireStage::Commit);
+                debug!(
+                    partition = self.partition,
+                    fired = timers.len(),
+                    not_due = not_due.len(),
+                    "fired"
+                );
+                self.metrics.timers_fired.inc_by(timers.len() as u64);
+                for t in &timers {
+                    let at = t.fired_at_ms.unwrap_or(fire.fired_at_ms);
+                    let late = at.saturating_sub(t.fire_at_ms);
+                    self.metrics.fire_lateness.observe(late as f64 / 1000.0);
+                }
+                self.core.put_back(not_due);
+                let demand = self.dispatcher.demand(self.partition);
+                let ready = self.windows.fired(timers, &demand, self.core.now_ms());
+                if !ready.is_empty() {
+                    laps.mark(FireStage::Dispatch);
+                }
+                self.offer(ready);
+                Ok(())
+            }
+            Ok(other) => Err(format!("unexpected fire outcome {other:?}")),
+            Err(e) => {
+                // Not lost either way: the next engine reloads them from the due index.
+                self.core
+                    .put_back(fire.due.into_iter().map(|(at, key)| (key, at)));
+                Err(format!("fire not committed: {e}"))
             }
         }
     }
@@ -514,9 +633,13 @@ impl Engine {
 }
 
 impl Engine {
-    /// Proposes the next batch of the sweep under way, if any: tombstones past their
-    /// retention, oldest first, with the sweep's cutoff (cluster time minus the retention).
+    /// Proposes the next batch of the sweep under way, if any and none is pending: tombstones
+    /// past their retention, oldest first, with the sweep's cutoff (cluster time minus the
+    /// retention).
     async fn expire_tombstones(&mut self) -> Result<(), String> {
+        if self.expiring.is_some() {
+            return Ok(());
+        }
         let Some(batch) = self.expiry.next_batch(&self.tombstones)? else {
             return Ok(());
         };
@@ -525,13 +648,23 @@ impl Engine {
             timers: batch.timers,
             before_ms: batch.before_ms,
         };
-        match self.group.client_write(command).await {
+        let outcome = propose(&self.group, command).await?;
+        self.expiring = Some((count, batch.before_ms, outcome));
+        Ok(())
+    }
+
+    fn expiry_answered(&mut self, outcome: Result<CommandResponse, String>) -> Result<(), String> {
+        let (count, before_ms, _) = self
+            .expiring
+            .take()
+            .expect("an answer is for a pending batch");
+        match outcome {
             Ok(r) => {
                 debug!(
                     partition = self.partition,
                     count,
-                    before_ms = batch.before_ms,
-                    outcome = ?r.data,
+                    before_ms,
+                    outcome = ?r,
                     "tombstones expired"
                 );
                 Ok(())

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hourglass_storage::{ClusterMeta, LogStore, LogSyncer, StateMachine, TimerEvents};
+use hourglass_storage::{ClusterMeta, LogGrowth, LogStore, LogSyncer, StateMachine, TimerEvents};
 use openraft::Raft;
 use tracing::{info, Instrument};
 
@@ -28,6 +28,8 @@ pub(super) struct GroupSlot {
     pub events: TimerEvents,
     /// Timers in the engine's wheel while this node leads; 0 otherwise.
     pub in_memory: Arc<AtomicU64>,
+    /// What the group's log store has appended, for snapshots by size.
+    pub growth: LogGrowth,
 }
 
 impl Host {
@@ -79,11 +81,13 @@ impl Host {
             };
             let applies = Arc::clone(&self.metrics);
             let events = tokio::sync::broadcast::channel(EVENT_BUFFER).0;
+            let log = LogStore::new(self.store.clone(), partition, syncer.clone());
+            let growth = log.growth();
             let raft = Raft::new(
                 self.node_id,
                 Arc::clone(&raft_config),
                 network,
-                LogStore::new(self.store.clone(), partition, syncer.clone()),
+                log,
                 StateMachine::open(self.store.clone(), partition, events.clone())?.observe_apply(
                     Arc::new(move |took| applies.raft_stages.observe(RaftStage::Apply, took)),
                 ),
@@ -101,6 +105,7 @@ impl Host {
                     raft,
                     events,
                     in_memory: Arc::new(AtomicU64::new(0)),
+                    growth,
                 },
             );
         }

@@ -87,6 +87,7 @@ impl Host {
             raft: group,
             events,
             in_memory,
+            ..
         }) = self.slot(partition).cloned()
         else {
             return;

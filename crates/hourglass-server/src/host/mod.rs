@@ -9,6 +9,7 @@ mod bootstrap;
 mod groups;
 mod identity;
 mod leadership;
+mod snapshots;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,6 +142,7 @@ impl Host {
         tokio::spawn(async move { host.bootstrap().await });
         for (partition, _) in self.groups() {
             tokio::spawn(Arc::clone(self).lead(partition));
+            tokio::spawn(Arc::clone(self).snapshot_when_log_grows(partition));
         }
         let host = Arc::clone(self);
         tokio::spawn(async move { host.expire_acks().await });

@@ -97,37 +97,19 @@ pub(crate) fn apply<V: PartitionView>(
             timers,
             fired_at_ms,
         } => {
-            // The partition's time never goes back, whatever the proposer's clock says, and
-            // everything fired carries a time at or after its own due instant.
-            let high_water = view.high_water_ms()?;
-            let now = fired_at_ms.max(high_water);
-            if now > high_water {
-                high_water_ms = Some(now);
-            }
-            let mut fired = Vec::new();
-            let mut not_due = Vec::new();
-            for key in dedup(timers) {
-                let Some(record) = changes.get(&key)? else {
-                    continue;
-                };
-                if record.state != TimerState::Scheduled {
-                    continue;
-                }
-                if record.fire_at_ms > now {
-                    not_due.push((key, record.fire_at_ms));
-                    continue;
-                }
-                let record = changes.edit(&key);
-                record.state = TimerState::Fired;
-                record.fired_at_ms = Some(now);
-                record.attempt = 1;
-                record.fire_seq = Some(index);
-                fired.push(record.clone());
-            }
-            CommandResponse::Fired {
-                timers: fired,
-                not_due,
-            }
+            let (response, moved) =
+                fire(&mut changes, view, index, timers, fired_at_ms, fired_at_ms)?;
+            high_water_ms = moved;
+            response
+        }
+        Command::FireAhead {
+            timers,
+            now_ms,
+            until_ms,
+        } => {
+            let (response, moved) = fire(&mut changes, view, index, timers, now_ms, until_ms)?;
+            high_water_ms = moved;
+            response
         }
         Command::Complete {
             timers,
@@ -165,6 +147,49 @@ pub(crate) fn apply<V: PartitionView>(
         high_water_ms,
         response,
     })
+}
+
+/// Moves the listed timers still SCHEDULED and due by `until_ms` (or by the partition's time,
+/// if later) to FIRED, each at the later of the partition's time and its own due instant;
+/// returns the answer and the partition's new high-water time, if it moved.
+fn fire<V: PartitionView>(
+    changes: &mut Changes<'_, V>,
+    view: &V,
+    index: u64,
+    timers: Vec<TimerKey>,
+    now_ms: u64,
+    until_ms: u64,
+) -> Result<(CommandResponse, Option<u64>), V::Error> {
+    // The partition's time never goes back, whatever the proposer's clock says, and
+    // everything fired carries a time at or after its own due instant.
+    let high_water = view.high_water_ms()?;
+    let now = now_ms.max(high_water);
+    let until = until_ms.max(now);
+    let mut fired = Vec::new();
+    let mut not_due = Vec::new();
+    for key in dedup(timers) {
+        let Some(record) = changes.get(&key)? else {
+            continue;
+        };
+        if record.state != TimerState::Scheduled {
+            continue;
+        }
+        if record.fire_at_ms > until {
+            not_due.push((key, record.fire_at_ms));
+            continue;
+        }
+        let record = changes.edit(&key);
+        record.state = TimerState::Fired;
+        record.fired_at_ms = Some(now.max(record.fire_at_ms));
+        record.attempt = 1;
+        record.fire_seq = Some(index);
+        fired.push(record.clone());
+    }
+    let response = CommandResponse::Fired {
+        timers: fired,
+        not_due,
+    };
+    Ok((response, (now > high_water).then_some(now)))
 }
 
 /// Creates a timer unless its key is taken: an identical definition is an idempotent repeat,
@@ -457,6 +482,65 @@ mod tests {
         );
         assert_eq!(e.high_water_ms, Some(600));
         assert_eq!(state(&p, "later"), Some(TimerState::Fired));
+    }
+
+    #[test]
+    fn a_fire_ahead_fires_timers_due_by_its_horizon_at_their_own_instant() {
+        let mut p = Partition {
+            high_water_ms: 100,
+            ..Partition::default()
+        };
+        for (id, due) in [("past", 90), ("soon", 130), ("edge", 150), ("later", 151)] {
+            p.run(1, schedule(id, due));
+        }
+        let e = p.run(
+            7,
+            Command::FireAhead {
+                timers: vec![key("past"), key("soon"), key("edge"), key("later")],
+                now_ms: 120,
+                until_ms: 150,
+            },
+        );
+        // The partition's time is the proposer's now, never the horizon.
+        assert_eq!(e.high_water_ms, Some(120));
+        let CommandResponse::Fired { timers, not_due } = e.response else {
+            panic!()
+        };
+        let fired: Vec<_> = timers
+            .iter()
+            .map(|r| (r.key.timer_id.as_str(), r.fired_at_ms))
+            .collect();
+        assert_eq!(
+            fired,
+            [
+                ("past", Some(120)),
+                ("soon", Some(130)),
+                ("edge", Some(150))
+            ],
+            "each at the later of the partition's time and its own due instant"
+        );
+        assert_eq!(not_due, [(key("later"), 151)]);
+        // A cancel committed before the due instant of a timer fired ahead: already fired.
+        let e = p.run(
+            8,
+            Command::Cancel {
+                key: key("soon"),
+                received_at_ms: 121,
+            },
+        );
+        assert!(matches!(e.response, CommandResponse::AlreadyFired { .. }));
+        // A horizon behind the partition's time is the partition's time, as for `Fire`.
+        p.run(9, schedule("x", 119));
+        let e = p.run(
+            10,
+            Command::FireAhead {
+                timers: vec![key("x")],
+                now_ms: 50,
+                until_ms: 60,
+            },
+        );
+        assert_eq!(e.high_water_ms, None);
+        assert_eq!(state(&p, "x"), Some(TimerState::Fired));
     }
 
     #[test]

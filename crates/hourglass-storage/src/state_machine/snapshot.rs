@@ -34,6 +34,28 @@ pub(super) struct SnapshotRecord {
     pub(super) file: String,
 }
 
+impl Store {
+    /// Bytes of `partition`'s current snapshot file on this node, 0 without one: about the
+    /// size of its state when that snapshot was built.
+    pub fn snapshot_bytes(&self, partition: u32) -> Result<u64> {
+        let Some(value) = self.db.get_cf(
+            self.cf(keys::CF_SM_META),
+            keys::tagged(partition, keys::SM_SNAPSHOT),
+        )?
+        else {
+            return Ok(0);
+        };
+        let record: SnapshotRecord = codec::decode("snapshot record", &value)?;
+        let path = self.snapshot_dir(partition).join(&record.file);
+        match std::fs::metadata(&path) {
+            Ok(m) => Ok(m.len()),
+            // Replaced by a newer one between the two reads.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    }
+}
+
 impl StateMachine {
     pub(super) fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>> {
         let Some(record) = self.meta_get::<SnapshotRecord>(keys::SM_SNAPSHOT)? else {
