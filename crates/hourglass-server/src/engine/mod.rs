@@ -6,8 +6,9 @@
 //! back what a fire did not take; hands fired timers to the dispatcher as [`delivery`] decides
 //! (a bounded window per queue with a worker, refilled from the fired index as acks free room;
 //! a timer fired ahead only from its due instant by cluster time); and proposes acknowledged
-//! deliveries as batched `Complete` commands. It waits on the monotonic clock (tokio's timers) and stops
-//! when the node loses leadership; the next leader starts its own from the replicated state.
+//! deliveries as batched `Complete` commands. It waits on the monotonic clock (tokio's timers)
+//! and stops when the node loses leadership; the next leader starts its own from the
+//! replicated state.
 
 pub mod core;
 pub mod delivery;
@@ -123,18 +124,10 @@ async fn propose(group: &Group, command: Command) -> Result<Outcome, String> {
     }))
 }
 
-/// Waits for the oldest pending fire's answer; never ready when there is none.
-async fn oldest(fires: &mut VecDeque<PendingFire>) -> Result<CommandResponse, String> {
-    match fires.front_mut() {
-        Some(fire) => fire.outcome.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits for `expiring`'s answer; never ready when there is none.
-async fn answer(expiring: &mut Option<(usize, u64, Outcome)>) -> Result<CommandResponse, String> {
-    match expiring {
-        Some((_, _, outcome)) => outcome.as_mut().await,
+/// Waits for `outcome`, if there is one; never ready when there is none.
+async fn answer(outcome: Option<&mut Outcome>) -> Result<CommandResponse, String> {
+    match outcome {
+        Some(outcome) => outcome.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -469,8 +462,12 @@ impl Engine {
                     Err(broadcast::error::RecvError::Closed) => return Err("state machine gone".into()),
                 },
                 _ = self.wake.notified() => {}
-                outcome = oldest(&mut self.fires) => self.fire_answered(outcome)?,
-                outcome = answer(&mut self.expiring) => self.expiry_answered(outcome)?,
+                outcome = answer(self.fires.front_mut().map(|f| &mut f.outcome)) => {
+                    self.fire_answered(outcome)?;
+                }
+                outcome = answer(self.expiring.as_mut().map(|e| &mut e.2)) => {
+                    self.expiry_answered(outcome)?;
+                }
                 _ = tokio::time::sleep(wait) => {}
             }
         }

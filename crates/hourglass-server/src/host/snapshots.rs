@@ -51,6 +51,10 @@ impl Host {
                 since = growth.bytes();
             }
             let grown = growth.bytes().saturating_sub(since);
+            // Never due below the minimum: the store is read only once the log reaches it.
+            if grown < min_bytes {
+                continue;
+            }
             let snapshot_bytes = match self.store.snapshot_bytes(partition) {
                 Ok(b) => b,
                 Err(e) => {
