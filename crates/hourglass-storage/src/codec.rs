@@ -1,16 +1,20 @@
 //! Value encodings: timers in protobuf (prost), openraft's own types in bincode.
+//!
+//! A timer's record leaves out its ids: its `CF_TIMERS` key holds them, and decoding takes
+//! them from there. Records of older builds still carry them, and decode the same way.
 
 use hourglass_proto::internal::StoredTimer;
-use hourglass_types::{TimerDefinition, TimerKey, TimerRecord, TimerState};
+use hourglass_types::{TimerDefinition, TimerRecord, TimerState};
 use prost::Message;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
+use crate::keys;
 
 pub fn encode_timer(r: &TimerRecord) -> Vec<u8> {
     StoredTimer {
-        workflow_id: r.key.workflow_id.clone(),
-        timer_id: r.key.timer_id.clone(),
+        workflow_id: String::new(),
+        timer_id: String::new(),
         queue: r.definition.queue.clone(),
         requested_fire_at_ms: r.definition.fire_at_ms,
         delay_ms: r.definition.delay_ms,
@@ -26,13 +30,13 @@ pub fn encode_timer(r: &TimerRecord) -> Vec<u8> {
     .encode_to_vec()
 }
 
-pub fn decode_timer(bytes: &[u8]) -> Result<TimerRecord> {
+/// Decodes the record stored under the `CF_TIMERS` key `key`.
+pub fn decode_timer(key: &[u8], bytes: &[u8]) -> Result<TimerRecord> {
+    let (_, timer_key) =
+        keys::decode_timer_key(key).ok_or_else(|| Error::corrupt("timer key", hex(key)))?;
     let s = StoredTimer::decode(bytes).map_err(|e| Error::corrupt("timer", e))?;
     Ok(TimerRecord {
-        key: TimerKey {
-            workflow_id: s.workflow_id,
-            timer_id: s.timer_id,
-        },
+        key: timer_key,
         definition: TimerDefinition {
             queue: s.queue,
             fire_at_ms: s.requested_fire_at_ms,
@@ -47,6 +51,10 @@ pub fn decode_timer(bytes: &[u8]) -> Result<TimerRecord> {
         attempt: s.attempt,
         fire_seq: s.fire_seq,
     })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The same numbering as `hourglass.v1.TimerState`.
@@ -75,4 +83,55 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
     bincode::deserialize(bytes).map_err(|e| Error::corrupt(what, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hourglass_types::TimerKey;
+
+    fn record() -> TimerRecord {
+        TimerRecord {
+            key: TimerKey {
+                workflow_id: "workflow-with-a-long-id".into(),
+                timer_id: "timer-with-a-long-id".into(),
+            },
+            definition: TimerDefinition {
+                queue: "q".into(),
+                fire_at_ms: Some(5_000),
+                delay_ms: None,
+                payload: b"x".to_vec(),
+            },
+            fire_at_ms: 5_000,
+            state: TimerState::Fired,
+            created_at_ms: 1_000,
+            fired_at_ms: Some(5_001),
+            finished_at_ms: None,
+            attempt: 1,
+            fire_seq: Some(42),
+        }
+    }
+
+    #[test]
+    fn a_record_leaves_its_ids_to_its_key() {
+        let r = record();
+        let key = keys::timer_key(3, &r.key);
+        let value = encode_timer(&r);
+        assert!(
+            !value.windows(7).any(|w| w == b"-a-long"),
+            "ids are stored once, in the key"
+        );
+        assert_eq!(decode_timer(&key, &value).unwrap(), r);
+        assert!(decode_timer(b"\0\0\0\x03no-terminator", &value).is_err());
+    }
+
+    #[test]
+    fn a_record_of_an_older_build_with_its_ids_decodes_the_same() {
+        let r = record();
+        let mut old = StoredTimer::decode(encode_timer(&r).as_slice()).unwrap();
+        old.workflow_id = r.key.workflow_id.clone();
+        old.timer_id = r.key.timer_id.clone();
+        let key = keys::timer_key(3, &r.key);
+        assert_eq!(decode_timer(&key, &old.encode_to_vec()).unwrap(), r);
+    }
 }

@@ -58,10 +58,12 @@ pub const SM_INSTALLING: u8 = 6;
 /// Keys of the `default` column family.
 pub const META_CLUSTER: &[u8] = b"cluster";
 /// The layout of the column families (a `u32`); absent in stores of layout 1, whose
-/// `CF_FIRED` keys were `partition | workflow_id | timer_id`.
+/// `CF_FIRED` keys were `partition | workflow_id | timer_id`. Layout 3 writes timer records
+/// without their ids (their key has them): a build of layout 2 would read those as empty, so
+/// it must refuse such a store, while this build reads records of both.
 pub const META_LAYOUT: &[u8] = b"layout";
 /// The layout this build writes.
-pub const LAYOUT: u32 = 2;
+pub const LAYOUT: u32 = 3;
 
 pub fn partition_prefix(partition: u32) -> [u8; 4] {
     partition.to_be_bytes()

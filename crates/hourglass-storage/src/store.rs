@@ -30,6 +30,13 @@ const MAX_WAL_BYTES: u64 = 32 << 20;
 /// keep what a compaction rewrites (and briefly holds twice on disk) to those tails.
 const TARGET_FILE_BYTES: u64 = 8 << 20;
 const LEVEL_BASE_BYTES: u64 = 64 << 20;
+/// Column families only ever iterated in key order, never read by key.
+const SCANNED_CFS: [&str; 4] = [
+    keys::CF_RAFT_LOG,
+    keys::CF_DUE,
+    keys::CF_FIRED,
+    keys::CF_TOMBSTONES,
+];
 
 /// What a node records about its cluster the first time it starts, and checks on every start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,9 +149,17 @@ impl Store {
         let cfs = keys::ALL_CFS.iter().map(|name| {
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_block_cache(&cache);
-            table.set_bloom_filter(10.0, false);
+            // Only timers are read by key; the indexes and the log are scanned in order,
+            // where a filter is never consulted and would cost its bits per key on disk.
+            if !SCANNED_CFS.contains(name) {
+                table.set_bloom_filter(10.0, false);
+            }
             let mut cf = Options::default();
             cf.set_block_based_table_factory(&table);
+            // LZ4 is the one codec this build of RocksDB has (see Cargo.toml); timer keys
+            // and records repeat their neighbours' ids and times, which it shrinks several
+            // times over for little CPU (docs/benchmarks.md, "Disk per timer").
+            cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
             cf.set_write_buffer_size(MEMTABLE_BYTES_PER_CF);
             cf.set_target_file_size_base(TARGET_FILE_BYTES);
             cf.set_max_bytes_for_level_base(LEVEL_BASE_BYTES);
@@ -204,7 +219,7 @@ impl Store {
             .iterator_cf(self.cf(keys::CF_TIMERS), IteratorMode::Start)
         {
             let (k, v) = item?;
-            let record = codec::decode_timer(&v)?;
+            let record = codec::decode_timer(&k, &v)?;
             if record.state != hourglass_types::TimerState::Fired {
                 continue;
             }
@@ -438,9 +453,10 @@ impl Store {
     }
 
     pub fn get_timer(&self, partition: u32, key: &TimerKey) -> Result<Option<TimerRecord>> {
+        let k = keys::timer_key(partition, key);
         self.db
-            .get_cf(self.cf(keys::CF_TIMERS), keys::timer_key(partition, key))?
-            .map(|v| codec::decode_timer(&v))
+            .get_cf(self.cf(keys::CF_TIMERS), &k)?
+            .map(|v| codec::decode_timer(&k, &v))
             .transpose()
     }
 
@@ -477,7 +493,7 @@ impl Store {
         );
         for item in iter {
             let (k, v) = item?;
-            if !k.starts_with(&prefix) || !visit(codec::decode_timer(&v)?) {
+            if !k.starts_with(&prefix) || !visit(codec::decode_timer(&k, &v)?) {
                 break;
             }
         }

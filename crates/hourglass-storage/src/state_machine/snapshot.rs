@@ -18,9 +18,14 @@ use crate::error::{Error, Result};
 use crate::keys;
 use crate::store::Store;
 
-/// Version 2 adds the partition's high-water time; version 1 files (without it) still load.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"HGSNAP02";
+/// Version 3 is version 2's records in one zstd frame after the magic; version 2 added the
+/// partition's high-water time. Files of versions 1 and 2 (uncompressed) still load.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"HGSNAP03";
+const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"HGSNAP02";
 const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"HGSNAP01";
+/// zstd's fastest level: a snapshot is written while the node serves, and this level already
+/// shrinks one about tenfold (docs/benchmarks.md, "Disk per timer").
+const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
 const SNAPSHOT_END: u8 = 0xFF;
 /// About how much of a snapshot one write batch of an install holds.
 pub(super) const INSTALL_BATCH_BYTES: usize = 4 << 20;
@@ -92,25 +97,26 @@ impl StateMachine {
             move |source| Error::Io { path, source }
         };
         received.seek(SeekFrom::Start(0)).map_err(io(&final_path))?;
-        // Copy while checking every record, so that a bad file changes nothing.
-        let copy = std::fs::File::create(&tmp_path).map_err(io(&tmp_path))?;
-        let mut tee = TeeReader {
-            inner: BufReader::new(received),
-            copy: BufWriter::new(copy),
-        };
-        read_snapshot(&mut tee, |cf, _, v| {
+        let mut copy = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp_path)
+            .map_err(io(&tmp_path))?;
+        std::io::copy(&mut received, &mut copy)
+            .and_then(|_| copy.sync_all())
+            .and_then(|_| copy.seek(SeekFrom::Start(0)))
+            .map_err(io(&tmp_path))?;
+        // Every record checked before anything changes, so that a bad file changes nothing.
+        // The copy is read rather than the file as it is received: a reader stops at the end
+        // mark, and the kept file must be whole whatever the reader left unread.
+        read_snapshot(&mut BufReader::new(&copy), |cf, k, v| {
             if cf == keys::CF_TIMERS {
-                codec::decode_timer(v)?;
+                codec::decode_timer(k, v)?;
             }
             Ok(())
         })?;
-        let mut copy = tee.copy.into_inner().map_err(|e| Error::Io {
-            path: tmp_path.clone(),
-            source: e.into_error(),
-        })?;
-        copy.flush()
-            .and_then(|_| copy.sync_all())
-            .map_err(io(&tmp_path))?;
         std::fs::rename(&tmp_path, &final_path).map_err(io(&final_path))?;
         sync_dir(&self.dir)?;
         let record = SnapshotRecord {
@@ -161,7 +167,7 @@ impl StateMachine {
                 keys::CF_FIRED => return Ok(()),
                 keys::CF_DUE => pending += 1,
                 keys::CF_TIMERS => {
-                    let record = codec::decode_timer(v)?;
+                    let record = codec::decode_timer(k, v)?;
                     if record.state == TimerState::Fired {
                         batch.put_cf(
                             self.store.cf(keys::CF_FIRED),
@@ -240,8 +246,9 @@ impl SnapshotBuilder {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
-        let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(io(&tmp))?);
-        out.write_all(SNAPSHOT_MAGIC).map_err(io(&tmp))?;
+        let mut file = BufWriter::new(std::fs::File::create(&tmp).map_err(io(&tmp))?);
+        file.write_all(SNAPSHOT_MAGIC).map_err(io(&tmp))?;
+        let mut out = zstd::Encoder::new(file, SNAPSHOT_ZSTD_LEVEL).map_err(io(&tmp))?;
         let high_water: u64 = snap
             .get_cf(meta_cf, keys::tagged(p, keys::SM_HIGH_WATER))?
             .map(|v| codec::decode("high-water time", &v))
@@ -273,7 +280,8 @@ impl SnapshotBuilder {
             }
         }
         out.write_all(&[SNAPSHOT_END]).map_err(io(&tmp))?;
-        let file = out.into_inner().map_err(|e| Error::Io {
+        let file = out.finish().map_err(io(&tmp))?;
+        let file = file.into_inner().map_err(|e| Error::Io {
             path: tmp.clone(),
             source: e.into_error(),
         })?;
@@ -335,14 +343,27 @@ fn write_record(out: &mut impl Write, cf: u8, k: &[u8], v: &[u8]) -> std::io::Re
 /// time (0 in version 1 files, which predate it).
 fn read_snapshot(
     input: &mut impl Read,
-    mut each: impl FnMut(&str, &[u8], &[u8]) -> Result<()>,
+    each: impl FnMut(&str, &[u8], &[u8]) -> Result<()>,
 ) -> Result<u64> {
     let bad = |e: std::io::Error| Error::corrupt("snapshot", e);
     let mut magic = [0u8; 8];
     input.read_exact(&mut magic).map_err(bad)?;
-    if &magic != SNAPSHOT_MAGIC && &magic != SNAPSHOT_MAGIC_V1 {
+    if &magic == SNAPSHOT_MAGIC {
+        let mut decoder = zstd::Decoder::new(input).map_err(bad)?;
+        return read_records(&mut decoder, each);
+    }
+    if &magic != SNAPSHOT_MAGIC_V2 && &magic != SNAPSHOT_MAGIC_V1 {
         return Err(Error::corrupt("snapshot", "bad magic"));
     }
+    read_records(input, each)
+}
+
+/// The records after the magic, up to the end mark.
+fn read_records(
+    input: &mut impl Read,
+    mut each: impl FnMut(&str, &[u8], &[u8]) -> Result<()>,
+) -> Result<u64> {
+    let bad = |e: std::io::Error| Error::corrupt("snapshot", e);
     let read_bytes = |input: &mut dyn Read| -> Result<Vec<u8>> {
         let mut len = [0u8; 4];
         input.read_exact(&mut len).map_err(bad)?;
@@ -378,19 +399,6 @@ fn read_snapshot(
         let k = read_bytes(input)?;
         let v = read_bytes(input)?;
         each(cf, &k, &v)?;
-    }
-}
-
-struct TeeReader<R, W> {
-    inner: R,
-    copy: W,
-}
-
-impl<R: Read, W: Write> Read for TeeReader<R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.copy.write_all(&buf[..n])?;
-        Ok(n)
     }
 }
 
@@ -535,6 +543,47 @@ mod tests {
             .meta_get::<SnapshotRecord>(keys::SM_INSTALLING)
             .unwrap()
             .is_none());
+    }
+
+    /// Snapshots are written compressed, received through `install` whole (the decompressor
+    /// stops at the end mark, the kept copy must not), and the uncompressed files of older
+    /// builds still install.
+    #[tokio::test]
+    async fn compressed_and_older_uncompressed_snapshots_install() {
+        let (_source, snap) = source().await;
+        let meta = snap.meta.clone();
+        let mut compressed = Vec::new();
+        let mut data = snap.snapshot;
+        tokio::io::AsyncReadExt::read_to_end(&mut data, &mut compressed)
+            .await
+            .unwrap();
+        assert_eq!(&compressed[..8], SNAPSHOT_MAGIC);
+        let mut version_2 = SNAPSHOT_MAGIC_V2.to_vec();
+        version_2.extend(zstd::decode_all(&compressed[8..]).unwrap());
+        // 300 records of 1 KiB of one byte: the compressed file is a small part of them.
+        assert!(version_2.len() > 300 << 10, "{}", version_2.len());
+        assert!(
+            compressed.len() * 20 < version_2.len(),
+            "{}",
+            compressed.len()
+        );
+        for (file, name) in [(compressed, "compressed"), (version_2, "version 2")] {
+            let dir = tempfile::TempDir::new().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let sm = StateMachine::open(store.clone(), P, tokio::sync::broadcast::channel(16).0)
+                .unwrap();
+            let received = dir.path().join("received");
+            std::fs::write(&received, &file).unwrap();
+            sm.install(&meta, std::fs::File::open(&received).unwrap())
+                .unwrap();
+            assert_whole(&store);
+            let kept: SnapshotRecord = sm.meta_get(keys::SM_SNAPSHOT).unwrap().unwrap();
+            assert_eq!(
+                std::fs::read(sm.dir.join(&kept.file)).unwrap(),
+                file,
+                "{name}: the kept copy is the file received"
+            );
+        }
     }
 
     /// A crash in the middle of an install (the install recorded, the partition half
