@@ -479,28 +479,27 @@ async fn schedule_batch_answers_each_timer_in_order() {
 
 /// Unary Schedules to one partition arriving together share Raft entries (fewer entries than
 /// Schedules), and each still gets its own answer: created, an identical repeat, a conflict.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_schedules_share_entries_and_keep_their_own_answers() {
-    let c = cluster().await;
-    let partition = partition_for("shared", c.partitions);
-    let p = partition_status(&c, partition).await;
-    let applied_before = p.applied_index;
-    // Straight to the leader: no forwarding in between to spread the calls out.
-    let client = c.client_of(&[p.leader]);
+/// `n` Schedules of `workflow` sent at once through `client`: the first repeats the timer
+/// `existing` (scheduled before, with payload "x"), the second conflicts with it, the others
+/// are new (`t{i}`, payload `i`); their answers, in order, each checked to be its own.
+async fn race_schedules(
+    client: hourglass_client::Client,
+    workflow: &'static str,
+    n: usize,
+) -> Vec<hourglass_client::Result<v1::ScheduleResponse>> {
     client
-        .schedule(schedule_in("shared", "existing", HOUR, "x"))
+        .schedule(schedule_in(workflow, "existing", HOUR, "x"))
         .await
         .unwrap();
-    const N: usize = 400;
     let client = std::sync::Arc::new(client);
-    let calls: Vec<_> = (0..N)
+    let calls: Vec<_> = (0..n)
         .map(|i| {
             let client = std::sync::Arc::clone(&client);
             tokio::spawn(async move {
                 let request = match i {
-                    0 => schedule_in("shared", "existing", HOUR, "x"),
-                    1 => schedule_in("shared", "existing", HOUR, "different"),
-                    _ => schedule_in("shared", &format!("t{i}"), HOUR, &i.to_string()),
+                    0 => schedule_in(workflow, "existing", HOUR, "x"),
+                    1 => schedule_in(workflow, "existing", HOUR, "different"),
+                    _ => schedule_in(workflow, &format!("t{i}"), HOUR, &i.to_string()),
                 };
                 client.schedule(request).await
             })
@@ -511,10 +510,8 @@ async fn concurrent_schedules_share_entries_and_keep_their_own_answers() {
         results.push(call.await.unwrap());
     }
     assert!(results[0].as_ref().is_ok_and(|r| !r.created));
-    assert_eq!(
-        results[1].as_ref().unwrap_err().code(),
-        Some(Code::AlreadyExists)
-    );
+    let conflict = results[1].as_ref().unwrap_err();
+    assert_eq!(conflict.code(), Some(Code::AlreadyExists), "{conflict}");
     for (i, r) in results.iter().enumerate().skip(2) {
         let r = r.as_ref().unwrap();
         let timer = r.timer.as_ref().unwrap();
@@ -522,13 +519,48 @@ async fn concurrent_schedules_share_entries_and_keep_their_own_answers() {
         assert_eq!(timer.timer_id, format!("t{i}"), "each call its own answer");
         assert_eq!(timer.payload, i.to_string().as_bytes());
     }
+    assert_eq!(client.list(workflow).await.unwrap().len(), n - 1);
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_schedules_share_entries_and_keep_their_own_answers() {
+    let c = cluster().await;
+    let partition = partition_for("shared", c.partitions);
+    let p = partition_status(&c, partition).await;
+    // Straight to the leader: no forwarding in between to spread the calls out.
+    let client = c.client_of(&[p.leader]);
+    const N: usize = 400;
+    // The first Schedule, of `existing`, takes one entry of its own.
+    let applied_before = p.applied_index + 1;
+    race_schedules(client, "shared", N).await;
     let p = partition_status(&c, partition).await;
     let entries = p.applied_index - applied_before;
     assert!(
         entries < N as u64 / 2,
         "{N} concurrent Schedules took {entries} entries"
     );
-    assert_eq!(client.list("shared").await.unwrap().len(), N - 1);
+}
+
+/// Unary Schedules that reach a node not leading their partition travel to the leader
+/// together, in ScheduleBatch calls, and each caller still gets its own answer, failures
+/// included, with the status it would have had alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_schedules_share_calls_and_keep_their_own_answers() {
+    let c = cluster().await;
+    let partition = partition_for("forwarded", c.partitions);
+    let leader = partition_status(&c, partition).await.leader;
+    let via = (1..=3).find(|&n| n != leader).unwrap();
+    let forwards = |c: &Cluster| c.metric(via, "hourglass_schedule_forwards_total").unwrap();
+    // The first Schedule, of `existing`, is forwarded alone.
+    let before = forwards(&c) + 1.0;
+    const N: usize = 400;
+    race_schedules(c.client_of(&[via]), "forwarded", N).await;
+    let calls = forwards(&c) - before;
+    assert!(
+        calls >= 1.0 && calls < N as f64 / 2.0,
+        "{N} concurrent Schedules through node {via} took {calls} forwarded calls"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,16 +1,19 @@
-//! Groups concurrent proposals to one partition into one Raft entry. An entry costs a log
-//! write and fsync, a replication round trip and an apply on every replica whatever it holds,
-//! and one unary Schedule per entry saturated a 2-vCPU cluster at 1,000 a second
-//! (docs/benchmarks.md, "Where the time goes").
+//! Groups concurrent requests that share a destination: unary Schedules of one partition into
+//! one Raft entry on its leader, and unary Schedules a node forwards to one leader into one
+//! ScheduleBatch. An entry costs a log write and fsync, a replication round trip and an apply
+//! on every replica whatever it holds, and one unary Schedule per entry saturated a 2-vCPU
+//! cluster at 1,000 a second (docs/benchmarks.md, "Where the time goes"); a forwarded call
+//! costs a round trip and its own HTTP/2 stream on both nodes.
 //!
-//! Adaptive, so an idle partition adds no latency: a proposal that finds fewer than
-//! `max_in_flight` entries of its partition in flight goes at once, alone if nothing else
-//! waits. Only proposals arriving while the partition's pipeline is full wait, and the next
-//! entry to go takes all of them (up to `max_items`). Each proposal is answered only with the
-//! outcome of the entry that carried it.
+//! Adaptive, so an idle destination adds no latency: a request that finds fewer than
+//! `max_in_flight` groups of its destination in flight goes at once, alone if nothing else
+//! waits. Only requests arriving while the destination's pipeline is full wait, and the next
+//! group to go takes all of them (up to `max_items`). Each request is answered only with the
+//! outcome of the group that carried it.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
@@ -29,13 +32,18 @@ impl<T, R> Default for Lane<T, R> {
     }
 }
 
-pub struct Combiner<T, R> {
-    lanes: Mutex<HashMap<u32, Lane<T, R>>>,
+pub struct Combiner<K, T, R> {
+    lanes: Mutex<HashMap<K, Lane<T, R>>>,
     max_in_flight: usize,
     max_items: usize,
 }
 
-impl<T: Send + 'static, R: Send + 'static> Combiner<T, R> {
+impl<K, T, R> Combiner<K, T, R>
+where
+    K: Copy + Eq + Hash + Send + Sync + 'static,
+    T: Send + 'static,
+    R: Send + 'static,
+{
     pub fn new(max_in_flight: usize, max_items: usize) -> Self {
         Combiner {
             lanes: Mutex::default(),
@@ -44,16 +52,16 @@ impl<T: Send + 'static, R: Send + 'static> Combiner<T, R> {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u32, Lane<T, R>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, Lane<T, R>>> {
         // Nothing under this lock can panic halfway through a change.
         self.lanes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `item`; true when the caller must start a proposer for `partition`, which then
-    /// counts as in flight.
-    fn push(&self, partition: u32, item: T, answer: oneshot::Sender<R>) -> bool {
+    /// Queues `item`; true when the caller must start a proposer for `key`, which then counts
+    /// as in flight.
+    fn push(&self, key: K, item: T, answer: oneshot::Sender<R>) -> bool {
         let mut lanes = self.lock();
-        let lane = lanes.entry(partition).or_default();
+        let lane = lanes.entry(key).or_default();
         lane.waiting.push_back((item, answer));
         if lane.in_flight < self.max_in_flight {
             lane.in_flight += 1;
@@ -63,12 +71,12 @@ impl<T: Send + 'static, R: Send + 'static> Combiner<T, R> {
         }
     }
 
-    /// The next group a proposer of `partition` proposes, or `None` when nothing waits: the
+    /// The next group a proposer of `key` proposes, or `None` when nothing waits: the
     /// proposer then ends and no longer counts, in the same step, so that a proposal queued
     /// just after always finds a proposer or room to start one.
-    fn take(&self, partition: u32) -> Option<Vec<(T, oneshot::Sender<R>)>> {
+    fn take(&self, key: K) -> Option<Vec<(T, oneshot::Sender<R>)>> {
         let mut lanes = self.lock();
-        let lane = lanes.get_mut(&partition)?;
+        let lane = lanes.get_mut(&key)?;
         if lane.waiting.is_empty() {
             lane.in_flight -= 1;
             return None;
@@ -77,33 +85,33 @@ impl<T: Send + 'static, R: Send + 'static> Combiner<T, R> {
         Some(lane.waiting.drain(..n).collect())
     }
 
-    /// Proposes `item` with others of `partition` waiting at the same time; `propose` makes one
-    /// entry of a group and returns one outcome per item, in order. `None` when the entry's
-    /// outcome never came (its proposer panicked or gave fewer outcomes than items).
-    pub async fn submit<P, F>(self: &Arc<Self>, partition: u32, item: T, propose: P) -> Option<R>
+    /// Proposes `item` with others for `key` waiting at the same time; `propose` sends one
+    /// group and returns one outcome per item, in order. `None` when the group's outcome never
+    /// came (its proposer panicked or gave fewer outcomes than items).
+    pub async fn submit<P, F>(self: &Arc<Self>, key: K, item: T, propose: P) -> Option<R>
     where
         P: FnMut(Vec<T>) -> F + Send + 'static,
         F: Future<Output = Vec<R>> + Send + 'static,
     {
         let (answer, outcome) = oneshot::channel();
-        if self.push(partition, item, answer) {
+        if self.push(key, item, answer) {
             // A task of its own: a caller that goes away must not strand the others.
-            tokio::spawn(Arc::clone(self).propose_all(partition, propose));
+            tokio::spawn(Arc::clone(self).propose_all(key, propose));
         }
         outcome.await.ok()
     }
 
-    async fn propose_all<P, F>(self: Arc<Self>, partition: u32, mut propose: P)
+    async fn propose_all<P, F>(self: Arc<Self>, key: K, mut propose: P)
     where
         P: FnMut(Vec<T>) -> F + Send + 'static,
         F: Future<Output = Vec<R>> + Send + 'static,
     {
         let mut running = Running {
             combiner: &self,
-            partition,
+            key,
             ended: false,
         };
-        while let Some(group) = self.take(partition) {
+        while let Some(group) = self.take(key) {
             let (items, answers): (Vec<T>, Vec<_>) = group.into_iter().unzip();
             for (answer, outcome) in answers.into_iter().zip(propose(items).await) {
                 // A caller that went away is not waiting for its answer.
@@ -114,15 +122,15 @@ impl<T: Send + 'static, R: Send + 'static> Combiner<T, R> {
     }
 }
 
-/// Frees a proposer's place when it panics, so the partition never stays full of proposers
+/// Frees a proposer's place when it panics, so a destination never stays full of proposers
 /// that are gone; the waiting proposals go with the next one to arrive.
-struct Running<'a, T, R> {
-    combiner: &'a Combiner<T, R>,
-    partition: u32,
+struct Running<'a, K: Eq + Hash, T, R> {
+    combiner: &'a Combiner<K, T, R>,
+    key: K,
     ended: bool,
 }
 
-impl<T, R> Drop for Running<'_, T, R> {
+impl<K: Eq + Hash, T, R> Drop for Running<'_, K, T, R> {
     fn drop(&mut self) {
         if !self.ended {
             let mut lanes = self
@@ -130,7 +138,7 @@ impl<T, R> Drop for Running<'_, T, R> {
                 .lanes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if let Some(lane) = lanes.get_mut(&self.partition) {
+            if let Some(lane) = lanes.get_mut(&self.key) {
                 lane.in_flight = lane.in_flight.saturating_sub(1);
             }
         }

@@ -83,9 +83,10 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The same failure once more, for each of the proposals one Raft entry carried. A commit
-    /// fails only as [`Error::Unavailable`] or [`Error::DeadlineExceeded`], both plain data;
-    /// anything else keeps its message.
+    /// The same failure once more, for each of the proposals one Raft entry (or one forwarded
+    /// call) carried. A commit fails only as [`Error::Unavailable`] or
+    /// [`Error::DeadlineExceeded`], both plain data, and a forwarded call as
+    /// [`Error::Forwarded`]; anything else keeps its message.
     pub fn duplicate(&self) -> Error {
         match self {
             Error::Unavailable {
@@ -103,6 +104,10 @@ impl Error {
             } => Error::DeadlineExceeded {
                 partition: *partition,
                 timeout_ms: *timeout_ms,
+            },
+            Error::Forwarded { node, status } => Error::Forwarded {
+                node: *node,
+                status: status.clone(),
             },
             other => Error::Internal(other.to_string()),
         }

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub raft_log_entries: IntGaugeVec,
     pub raft_snapshots: IntCounter,
     pub grpc_requests: IntCounterVec,
+    /// Calls this node made to forward unary Schedules to their leader, by `call`.
+    pub schedule_forwards: IntCounterVec,
     pub workers_connected: IntGauge,
     pub deliveries_in_memory: IntGauge,
     pub deliveries_in_memory_bytes: IntGauge,
@@ -83,6 +85,13 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     r.register(Box::new(g.clone()))
         .expect("metric registered once");
     g
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -268,6 +277,12 @@ impl Metrics {
                 "Snapshots built or installed by this node's groups.",
             ),
             grpc_requests,
+            schedule_forwards: counter_vec(
+                r,
+                "schedule_forwards_total",
+                "Calls this node made to forward unary Schedules to the leader of their partition, by call: Schedule (one alone) or ScheduleBatch (several that arrived together).",
+                &["call"],
+            ),
             workers_connected: gauge(r, "workers_connected", "Worker streams connected to this node."),
             deliveries_in_memory: gauge(
                 r,

@@ -165,9 +165,40 @@ impl From<Error> for v1::BatchError {
     }
 }
 
+/// The status a failed item of a ScheduleBatch stands for: the same code, message and
+/// details as the call would have failed with alone.
+pub fn from_batch_error(e: v1::BatchError) -> Status {
+    let details = tonic_types::Status {
+        code: e.code,
+        message: e.message.clone(),
+        details: e.details,
+    }
+    .encode_to_vec();
+    Status::with_details(Code::from_i32(e.code), e.message, details.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A forwarded Schedule that travelled in a ScheduleBatch fails as it would alone.
+    #[test]
+    fn a_batch_items_error_becomes_the_status_it_stands_for() {
+        let errors = [
+            || Error::from(hourglass_types::Error::invalid("fire_at", "is too far")),
+            || Error::AlreadyExists("timer \"w\"/\"t\" already exists".into()),
+        ];
+        for error in errors {
+            let alone = Status::from(error());
+            let status = from_batch_error(v1::BatchError::from(error()));
+            assert_eq!(status.code(), alone.code());
+            assert_eq!(status.message(), alone.message());
+            // Compared as google.rpc.Status would carry them: byte for byte.
+            assert_eq!(status.details(), alone.details());
+            let info = status.get_details_error_info().expect("ErrorInfo");
+            assert_eq!(info.domain, ERROR_DOMAIN);
+        }
+    }
 
     #[test]
     fn invalid_argument_names_the_field() {

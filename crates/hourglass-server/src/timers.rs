@@ -43,10 +43,18 @@ const SCHEDULES_IN_FLIGHT: usize = 4;
 /// Most unary Schedules sharing one entry: with payloads of up to 64 KiB, 4 MiB at most.
 const SCHEDULES_PER_ENTRY: usize = 64;
 
+/// A unary Schedule's answer, from the leader this node forwarded it to.
+type Forwarded = Result<v1::ScheduleResponse, Error>;
+/// Calls forwarding unary Schedules that a node keeps in flight to one leader; Schedules
+/// arriving meanwhile wait and go together in the next ScheduleBatch.
+const FORWARDS_IN_FLIGHT: usize = 4;
+
 pub struct TimersService {
     router: Arc<Router>,
     limits: Limits,
-    schedules: Arc<Combiner<Proposal, Outcome>>,
+    schedules: Arc<Combiner<u32, Proposal, Outcome>>,
+    /// Unary Schedules forwarded to a leader, by its node id.
+    forwards: Arc<Combiner<u64, v1::ScheduleRequest, Forwarded>>,
 }
 
 impl TimersService {
@@ -58,6 +66,7 @@ impl TimersService {
             router: Arc::new(Router::new(host)),
             limits,
             schedules: Arc::new(Combiner::new(SCHEDULES_IN_FLIGHT, SCHEDULES_PER_ENTRY)),
+            forwards: Arc::new(Combiner::new(FORWARDS_IN_FLIGHT, MAX_BATCH)),
         }
     }
 
@@ -70,12 +79,7 @@ impl TimersService {
     }
 
     fn client(&self, node: u64) -> Result<TimersClient<tonic::transport::Channel>, Error> {
-        self.router
-            .host
-            .peers
-            .channel(node)
-            .map(TimersClient::new)
-            .ok_or_else(|| Error::Internal(format!("node {node} is not a configured peer")))
+        peer_client(&self.router, node)
     }
 
     /// Whether the caller may call `method` on these workflows; checked before anything
@@ -96,15 +100,114 @@ impl TimersService {
         )
     }
 
-    /// The same request, marked as forwarded once more, with the node's own deadline.
     fn forwarded<T>(&self, message: T, hops: u32) -> Request<T> {
-        let mut req = Request::new(message);
-        req.metadata_mut().insert(HOPS, (hops + 1).into());
-        req.set_timeout(
-            self.router.host.config.request_timeout() + std::time::Duration::from_secs(1),
-        );
-        req
+        forward_request(&self.router, message, hops)
     }
+}
+
+fn peer_client(
+    router: &Router,
+    node: u64,
+) -> Result<TimersClient<tonic::transport::Channel>, Error> {
+    router
+        .host
+        .peers
+        .channel(node)
+        .map(TimersClient::new)
+        .ok_or_else(|| Error::Internal(format!("node {node} is not a configured peer")))
+}
+
+/// The same request, marked as forwarded once more, with the node's own deadline.
+fn forward_request<T>(router: &Router, message: T, hops: u32) -> Request<T> {
+    let mut req = Request::new(message);
+    req.metadata_mut().insert(HOPS, (hops + 1).into());
+    req.set_timeout(router.host.config.request_timeout() + std::time::Duration::from_secs(1));
+    req
+}
+
+/// How many of the items, in order, go in each call: at most `max_items` and, unless an item
+/// is alone, at most `max_bytes` of payload per call.
+fn split_calls(payload_bytes: &[usize], max_items: usize, max_bytes: usize) -> Vec<usize> {
+    let mut calls = Vec::new();
+    let (mut items, mut bytes) = (0, 0);
+    for &size in payload_bytes {
+        if items > 0 && (items == max_items || bytes + size > max_bytes) {
+            calls.push(items);
+            (items, bytes) = (0, 0);
+        }
+        items += 1;
+        bytes += size;
+    }
+    if items > 0 {
+        calls.push(items);
+    }
+    calls
+}
+
+/// Forwards first-hop unary Schedules to `node`, the leader of their partitions: one alone as
+/// a Schedule, more as ScheduleBatch calls within a batch's limits, sent at once. One outcome
+/// per request, in order; a failed one keeps the status the leader gave it, as a forwarded
+/// Schedule's does.
+async fn forward_schedules(
+    router: &Router,
+    node: u64,
+    requests: Vec<v1::ScheduleRequest>,
+) -> Vec<Forwarded> {
+    let client = match peer_client(router, node) {
+        Ok(client) => client,
+        Err(e) => return requests.iter().map(|_| Err(e.duplicate())).collect(),
+    };
+    let sizes: Vec<usize> = requests.iter().map(|r| r.payload.len()).collect();
+    let mut requests = requests.into_iter();
+    let calls = split_calls(&sizes, MAX_BATCH, MAX_BATCH_PAYLOAD_BYTES)
+        .into_iter()
+        .map(|n| {
+            let timers: Vec<_> = requests.by_ref().take(n).collect();
+            let mut client = client.clone();
+            async move {
+                let forwards = &router.host.metrics.schedule_forwards;
+                if let [_] = timers.as_slice() {
+                    forwards.with_label_values(&["Schedule"]).inc();
+                    let request = timers.into_iter().next().expect("one timer");
+                    let answer = client.schedule(forward_request(router, request, 0)).await;
+                    return vec![forwarded(node, answer).map(Response::into_inner)];
+                }
+                forwards.with_label_values(&["ScheduleBatch"]).inc();
+                let request = forward_request(router, v1::ScheduleBatchRequest { timers }, 0);
+                match forwarded(node, client.schedule_batch(request).await) {
+                    Ok(response) if response.get_ref().results.len() == n => response
+                        .into_inner()
+                        .results
+                        .into_iter()
+                        .map(|r| match r.result {
+                            Some(v1::schedule_batch_result::Result::Scheduled(r)) => Ok(r),
+                            Some(v1::schedule_batch_result::Result::Error(e)) => {
+                                Err(Error::Forwarded {
+                                    node,
+                                    status: Box::new(crate::status::from_batch_error(e)),
+                                })
+                            }
+                            None => Err(Error::Internal(format!("node {node} gave no outcome"))),
+                        })
+                        .collect(),
+                    Ok(response) => (0..n)
+                        .map(|_| {
+                            Err(Error::Internal(format!(
+                                "node {node} answered {} outcomes for {n} timers",
+                                response.get_ref().results.len()
+                            )))
+                        })
+                        .collect(),
+                    Err(e) => (0..n).map(|_| Err(e.duplicate())).collect(),
+                }
+            }
+        })
+        .collect::<Vec<_>>();
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Commits unary Schedules of `partition` as one entry (a plain `Schedule` when alone) and
@@ -430,7 +533,10 @@ impl TimersService {
         let schedule = convert::validate_schedule(message.clone(), &self.limits)?;
         let command = schedule.at(self.router.host.cluster_now()?)?;
         match self.router.target(partition, hops)? {
-            Target::Remote(node) => {
+            // Forwarded again (the sender's view of the leader was stale): alone.
+            Target::Remote(node) if hops > 0 => {
+                let forwards = &self.router.host.metrics.schedule_forwards;
+                forwards.with_label_values(&["Schedule"]).inc();
                 let answer = self
                     .client(node)?
                     .schedule(self.forwarded(message, hops))
@@ -438,6 +544,24 @@ impl TimersService {
                 self.stages()
                     .observe(ScheduleStage::Forward, received.elapsed());
                 forwarded(node, answer)
+            }
+            Target::Remote(node) => {
+                let router = Arc::clone(&self.router);
+                let answer = self
+                    .forwards
+                    .submit(node, message, move |requests| {
+                        let router = Arc::clone(&router);
+                        async move { forward_schedules(&router, node, requests).await }
+                    })
+                    .await
+                    .unwrap_or_else(|| {
+                        Err(Error::Internal(
+                            "the call forwarding this schedule was lost".into(),
+                        ))
+                    });
+                self.stages()
+                    .observe(ScheduleStage::Forward, received.elapsed());
+                answer.map(Response::new)
             }
             Target::Local(_) => {
                 let Command::Schedule {
@@ -710,6 +834,29 @@ mod tests {
             if last {
                 return out;
             }
+        }
+    }
+
+    #[test]
+    fn forwarded_schedules_split_into_calls_within_a_batchs_limits() {
+        assert_eq!(split_calls(&[], 3, 10), Vec::<usize>::new());
+        assert_eq!(split_calls(&[1; 7], 3, 100), vec![3, 3, 1]);
+        assert_eq!(split_calls(&[4, 4, 4, 4], 10, 8), vec![2, 2], "8 bytes fit");
+        assert_eq!(split_calls(&[4, 5, 4], 10, 8), vec![1, 1, 1]);
+        assert_eq!(
+            split_calls(&[20, 1, 1, 20], 10, 8),
+            vec![1, 2, 1],
+            "a larger item goes alone"
+        );
+        let sizes = [3usize, 0, 7, 7, 1, 2, 9, 0, 0, 5];
+        let calls = split_calls(&sizes, 3, 9);
+        assert_eq!(calls.iter().sum::<usize>(), sizes.len(), "every item once");
+        let mut at = 0;
+        for n in calls {
+            let call = &sizes[at..at + n];
+            assert!((1..=3).contains(&n));
+            assert!(n == 1 || call.iter().sum::<usize>() <= 9, "{call:?}");
+            at += n;
         }
     }
 
