@@ -135,6 +135,34 @@ struct Load {
     batch: u64,
 }
 
+/// The load generator's worker: subscribed to `queue` with `credits` deliveries at a time.
+async fn worker(client: &Arc<Client>, queue: &str, credits: u32) -> Result<Worker, Failure> {
+    Ok(Worker::start(
+        Arc::clone(client),
+        WorkerOptions {
+            credits,
+            ..WorkerOptions::new(queue.to_owned())
+        },
+    )
+    .await?)
+}
+
+/// What scheduling took: in all, and per call (µs, from send to answer).
+struct Scheduled {
+    took: Duration,
+    call_us: Vec<u64>,
+}
+
+impl Scheduled {
+    /// p50, p99 and max of the calls, in ms.
+    fn call_ms(&self) -> serde_json::Value {
+        let mut us = self.call_us.clone();
+        us.sort_unstable();
+        let ms = |p| pct(&us, p) as f64 / 1000.0;
+        json!({ "calls": us.len(), "p50": ms(0.5), "p99": ms(0.99), "max": ms(1.0) })
+    }
+}
+
 /// Schedules `count` timers with `payload`; `at(i)` gives each due time.
 async fn schedule_many(
     client: &Arc<Client>,
@@ -144,7 +172,7 @@ async fn schedule_many(
     load: Load,
     payload: Vec<u8>,
     at: impl Fn(u64) -> u64 + Send + Sync + 'static,
-) -> Result<Duration, Failure> {
+) -> Result<Scheduled, Failure> {
     let payload = Arc::new(payload);
     let next = Arc::new(AtomicU64::new(0));
     let at = Arc::new(at);
@@ -161,10 +189,11 @@ async fn schedule_many(
             Arc::clone(&payload),
         );
         tasks.push(tokio::spawn(async move {
+            let mut call_us = Vec::new();
             loop {
                 let first = next.fetch_add(batch, Ordering::Relaxed);
                 if first >= count {
-                    return Ok::<(), hourglass_client::Error>(());
+                    return Ok::<_, hourglass_client::Error>(call_us);
                 }
                 let requests: Vec<_> = (first..(first + batch).min(count))
                     .map(|i| v1::ScheduleRequest {
@@ -177,6 +206,7 @@ async fn schedule_many(
                         )
                     })
                     .collect();
+                let sent = Instant::now();
                 if requests.len() == 1 {
                     client
                         .schedule(requests.into_iter().next().expect("one request"))
@@ -186,6 +216,7 @@ async fn schedule_many(
                         outcome?;
                     }
                 }
+                call_us.push(sent.elapsed().as_micros() as u64);
                 if first / 100_000 != (first + batch) / 100_000 && first > 0 {
                     eprintln!(
                         "bench: scheduled {} of {count}",
@@ -195,11 +226,17 @@ async fn schedule_many(
             }
         }));
     }
+    let mut call_us = Vec::new();
     for t in tasks {
-        t.await
-            .map_err(|e| anyhow::anyhow!("schedule task: {e}"))??;
+        call_us.extend(
+            t.await
+                .map_err(|e| anyhow::anyhow!("schedule task: {e}"))??,
+        );
     }
-    Ok(started.elapsed())
+    Ok(Scheduled {
+        took: started.elapsed(),
+        call_us,
+    })
 }
 
 /// An instant at which `count` timers, scheduled from now, will all have been scheduled:
@@ -254,14 +291,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             }
             let queue = run.clone();
             let stages_before = breakdown::before(&client).await;
-            let mut worker = Worker::start(
-                Arc::clone(&client),
-                WorkerOptions {
-                    credits: 10_000,
-                    ..WorkerOptions::new(queue.clone())
-                },
-            )
-            .await?;
+            let mut worker = worker(&client, &queue, 10_000).await?;
             let total = rate * duration.as_secs().max(1);
             eprintln!("bench: {total} timers at {rate}/s, each due {lead:?} after scheduling");
             // Schedules `rate / 100` timers every 10 ms, each due `lead` later.
@@ -387,16 +417,10 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                 lead_ms / 1000
             );
             let stages_before = breakdown::before(&client).await;
-            let took =
-                schedule_many(&client, &run, &queue, count, load, Vec::new(), move |_| due).await?;
-            let mut worker = Worker::start(
-                Arc::clone(&client),
-                WorkerOptions {
-                    credits: 10_000,
-                    ..WorkerOptions::new(queue.clone())
-                },
-            )
-            .await?;
+            let took = schedule_many(&client, &run, &queue, count, load, Vec::new(), move |_| due)
+                .await?
+                .took;
+            let mut worker = worker(&client, &queue, 10_000).await?;
             let mut seen = HashSet::new();
             let mut receive = Vec::with_capacity(count as usize);
             let mut last = due;
@@ -466,7 +490,8 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
                 vec![b'x'; payload],
                 move |_| due,
             )
-            .await?;
+            .await?
+            .took;
             let memory_scheduled = memory_mib(&client).await?;
             let rss_scheduled: BTreeMap<u64, u64> = memory_scheduled
                 .iter()
@@ -521,14 +546,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             }
             let rss_waiting = rss_mib(&client).await?;
             eprintln!("bench: every timer fired; a worker subscribes");
-            let mut worker = Worker::start(
-                Arc::clone(&client),
-                WorkerOptions {
-                    credits: 1_000,
-                    ..WorkerOptions::new(queue.clone())
-                },
-            )
-            .await?;
+            let mut worker = worker(&client, &queue, 1_000).await?;
             let started = Instant::now();
             let mut seen = HashSet::new();
             // G7 per partition: first attempts come in fire order, which for timers due at one
@@ -595,38 +613,146 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             });
             report(global, &result);
         }
+        BenchCommand::Restart {
+            count,
+            concurrency,
+            batch,
+            lead,
+            down_for,
+            down_cmd,
+            up_cmd,
+        } => {
+            let lead = parse_duration("--lead", &lead)?;
+            let down_for = parse_duration("--down-for", &down_for)?;
+            let load = Load { concurrency, batch };
+            let queue = run.clone();
+            let due = now_ms() + lead.as_millis() as u64;
+            schedule_many(&client, &run, &queue, count, load, Vec::new(), move |_| due).await?;
+            // Nothing is fired more than `timers.fire_ahead` (at most 1 s) before it is due.
+            let stop_at = due.saturating_sub(1_500);
+            if now_ms() > stop_at {
+                return Err(usage(format!(
+                    "scheduling {count} timers took longer than --lead allows (it must end 1.5 s before they are due): give a longer --lead"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(stop_at - now_ms())).await;
+            eprintln!("bench: stopping the cluster: {down_cmd}");
+            shell(&down_cmd).await?;
+            let stopped = Instant::now();
+            tokio::time::sleep(down_for.saturating_sub(stopped.elapsed())).await;
+            eprintln!("bench: starting the cluster: {up_cmd}");
+            let restarted = Instant::now();
+            shell(&up_cmd).await?;
+            let ready = restarted.elapsed();
+            let mut worker = worker(&client, &queue, 10_000).await?;
+            let mut seen = HashSet::new();
+            let mut early = 0u64;
+            let mut last = ready;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while (seen.len() as u64) < count && Instant::now() < deadline {
+                let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(5), worker.next()).await
+                else {
+                    continue;
+                };
+                // By this process's clock: a timer received before its instant came early.
+                if now_ms() < ts_ms(&d.timer.fire_at) {
+                    early += 1;
+                }
+                if seen.insert((d.timer.workflow_id.clone(), d.timer.timer_id.clone())) {
+                    last = restarted.elapsed();
+                }
+                d.ack();
+            }
+            let result = json!({
+                "bench": "restart", "timers": count, "delivered": seen.len(), "early": early,
+                "down_seconds": (restarted - stopped).as_secs_f64(),
+                "restart_to_ready_ms": ready.as_millis() as u64,
+                "restart_to_last_delivered_ms": last.as_millis() as u64,
+                "ready_to_last_delivered_ms": last.saturating_sub(ready).as_millis() as u64,
+            });
+            report(global, &result);
+            if seen.len() as u64 != count || early > 0 {
+                return Err(
+                    anyhow::anyhow!("{} of {count} delivered, {early} early", seen.len()).into(),
+                );
+            }
+        }
         BenchCommand::Fill {
             count,
             concurrency,
             batch,
+            payload,
+            settle,
         } => {
+            let settle = parse_duration("--settle", &settle)?;
             let load = Load { concurrency, batch };
             let year = 365 * 24 * 3600 * 1000u64;
             let base = now_ms() + year;
             let before = client.cluster_status().await?;
-            let took = schedule_many(&client, &run, "far", count, load, Vec::new(), move |i| {
-                base + (i % 1_000_000) * 1_000
-            })
+            let scheduled = schedule_many(
+                &client,
+                &run,
+                "far",
+                count,
+                load,
+                vec![b'x'; payload],
+                move |i| base + (i % 1_000_000) * 1_000,
+            )
             .await?;
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            let took = scheduled.took;
+            eprintln!(
+                "bench: scheduled; settling for {}",
+                humantime::format_duration(settle)
+            );
+            tokio::time::sleep(settle).await;
             let after = client.cluster_status().await?;
             let nodes: Vec<_> = after
                 .nodes
                 .iter()
                 .map(|n| {
-                    let was = before.nodes.iter().find(|b| b.node_id == n.node_id).map(|b| b.rss_bytes).unwrap_or(0);
-                    json!({ "node_id": n.node_id, "rss_mib_before": was / (1 << 20), "rss_mib_after": n.rss_bytes / (1 << 20) })
+                    let was = before.nodes.iter().find(|b| b.node_id == n.node_id);
+                    let (rss, disk) = was.map(|b| (b.rss_bytes, b.disk_bytes)).unwrap_or_default();
+                    json!({
+                        "node_id": n.node_id,
+                        "rss_mib_before": rss / (1 << 20), "rss_mib_after": n.rss_bytes / (1 << 20),
+                        "disk_mib_before": disk / (1 << 20), "disk_mib_after": n.disk_bytes / (1 << 20),
+                        "disk_bytes_per_timer": n.disk_bytes.saturating_sub(disk) as f64 / count.max(1) as f64,
+                    })
                 })
                 .collect();
             let in_memory: u64 = after.partitions.iter().map(|p| p.timers_in_memory).sum();
             let pending: u64 = after.partitions.iter().map(|p| p.timers_pending).sum();
             let result = json!({
-                "bench": "fill", "timers": count, "schedule_seconds": took.as_secs_f64(),
+                "bench": "fill", "timers": count, "payload_bytes": payload,
+                "schedule_seconds": took.as_secs_f64(),
                 "schedule_per_second": count as f64 / took.as_secs_f64(),
+                "call_ms": scheduled.call_ms(),
+                "settle_seconds": settle.as_secs_f64(),
                 "cluster_pending": pending, "cluster_in_memory": in_memory, "nodes": nodes,
             });
             report(global, &result);
         }
+    }
+    Ok(())
+}
+
+/// Runs `cmd` with `sh -c`; fails with its output unless it succeeds.
+async fn shell(cmd: &str) -> Result<(), Failure> {
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("running {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(anyhow::anyhow!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
     }
     Ok(())
 }

@@ -271,7 +271,32 @@ pub enum BenchCommand {
         #[arg(long)]
         lead: Option<String>,
     },
-    /// Far-future timers (a year out): scheduling throughput, then each node's memory.
+    /// Timers fall due while every node is down: how soon after a restart the last of
+    /// them reaches a worker. The bench stops and starts the cluster with the commands given.
+    Restart {
+        #[arg(long, default_value_t = 1_000)]
+        count: u64,
+        #[arg(long, default_value_t = 8)]
+        concurrency: u64,
+        /// Timers per request (1: Schedule; more: ScheduleBatch, at most 1000).
+        #[arg(long, default_value_t = 500)]
+        batch: u64,
+        /// When the timers fall due, from the start of scheduling; scheduling must end more
+        /// than 2 s before.
+        #[arg(long, default_value = "5s")]
+        lead: String,
+        /// How long the cluster stays down; the timers fall due meanwhile.
+        #[arg(long, default_value = "15s")]
+        down_for: String,
+        /// Shell command that stops every node (for example with SIGKILL).
+        #[arg(long)]
+        down_cmd: String,
+        /// Shell command that starts every node again and returns once they serve.
+        #[arg(long)]
+        up_cmd: String,
+    },
+    /// Far-future timers (a year out): scheduling throughput, then each node's memory and
+    /// disk per timer.
     Fill {
         #[arg(long, default_value_t = 1_000_000)]
         count: u64,
@@ -280,6 +305,13 @@ pub enum BenchCommand {
         /// Timers per request (1: Schedule; more: ScheduleBatch, at most 1000).
         #[arg(long, default_value_t = 1)]
         batch: u64,
+        /// Payload bytes per timer.
+        #[arg(long, default_value_t = 0)]
+        payload: usize,
+        /// How long to wait after the last Schedule before reading each node's memory and
+        /// disk, so that snapshots, flushes and compactions settle.
+        #[arg(long, default_value = "2s")]
+        settle: String,
     },
 }
 
