@@ -133,6 +133,17 @@ struct Load {
     concurrency: u64,
     /// Timers per request: 1 uses `Schedule`, more use `ScheduleBatch`.
     batch: u64,
+    /// With a seed: ids of 16 pseudo-random hex digits (workflow and timer), which share no
+    /// prefix and compress like random UUIDs; otherwise numbered after the run.
+    random_ids: Option<u64>,
+}
+
+/// The `i`-th pseudo-random 64-bit number (splitmix64): the same for every run.
+fn mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// The load generator's worker: subscribed to `queue` with `credits` deliveries at a time.
@@ -199,8 +210,14 @@ async fn schedule_many(
                     .map(|i| v1::ScheduleRequest {
                         payload: payload.to_vec(),
                         ..request(
-                            format!("{run}-w{}", i % 10_000),
-                            format!("t{i:09}"),
+                            match load.random_ids {
+                                Some(seed) => format!("{:016x}", mix(seed ^ (2 * i))),
+                                None => format!("{run}-w{}", i % 10_000),
+                            },
+                            match load.random_ids {
+                                Some(seed) => format!("{:016x}", mix(seed ^ (2 * i + 1))),
+                                None => format!("t{i:09}"),
+                            },
                             &queue,
                             at(i),
                         )
@@ -408,7 +425,11 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             concurrency,
             batch,
         } => {
-            let load = Load { concurrency, batch };
+            let load = Load {
+                concurrency,
+                batch,
+                random_ids: None,
+            };
             let queue = run.clone();
             // Schedule everything for an instant far enough out, then watch it all fall due.
             let (due, lead_ms) = due_after_scheduling(&client, &run, count, load, 0).await?;
@@ -459,7 +480,11 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
         } => {
             let wait = parse_duration("--wait", &wait)?;
             let lead = lead.map(|l| parse_duration("--lead", &l)).transpose()?;
-            let load = Load { concurrency, batch };
+            let load = Load {
+                concurrency,
+                batch,
+                random_ids: None,
+            };
             let queue = run.clone();
             let pending_before = loop {
                 match pending(&client).await? {
@@ -624,7 +649,11 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
         } => {
             let lead = parse_duration("--lead", &lead)?;
             let down_for = parse_duration("--down-for", &down_for)?;
-            let load = Load { concurrency, batch };
+            let load = Load {
+                concurrency,
+                batch,
+                random_ids: None,
+            };
             let queue = run.clone();
             let due = now_ms() + lead.as_millis() as u64;
             schedule_many(&client, &run, &queue, count, load, Vec::new(), move |_| due).await?;
@@ -683,9 +712,14 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             batch,
             payload,
             settle,
+            random_ids,
         } => {
             let settle = parse_duration("--settle", &settle)?;
-            let load = Load { concurrency, batch };
+            let load = Load {
+                concurrency,
+                batch,
+                random_ids: random_ids.then(|| mix(now_ms())),
+            };
             let year = 365 * 24 * 3600 * 1000u64;
             let base = now_ms() + year;
             let before = client.cluster_status().await?;
@@ -723,7 +757,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             let in_memory: u64 = after.partitions.iter().map(|p| p.timers_in_memory).sum();
             let pending: u64 = after.partitions.iter().map(|p| p.timers_pending).sum();
             let result = json!({
-                "bench": "fill", "timers": count, "payload_bytes": payload,
+                "bench": "fill", "timers": count, "payload_bytes": payload, "random_ids": random_ids,
                 "schedule_seconds": took.as_secs_f64(),
                 "schedule_per_second": count as f64 / took.as_secs_f64(),
                 "call_ms": scheduled.call_ms(),

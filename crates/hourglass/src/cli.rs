@@ -312,6 +312,10 @@ pub enum BenchCommand {
         /// disk, so that snapshots, flushes and compactions settle.
         #[arg(long, default_value = "2s")]
         settle: String,
+        /// Ids of 16 random hex digits, which share no prefix and compress like random UUIDs,
+        /// instead of ids numbered after the run (which compress well, as generated ids do).
+        #[arg(long)]
+        random_ids: bool,
     },
 }
 
