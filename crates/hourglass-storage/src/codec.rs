@@ -125,6 +125,108 @@ mod tests {
         assert!(decode_timer(b"\0\0\0\x03no-terminator", &value).is_err());
     }
 
+    /// Raft log entries are bincode: a command's variant index and field order are its
+    /// on-disk format, which logs written by older builds must still decode to. Each command
+    /// here is spelled out byte by byte (u32 LE variant, u64 LE lengths and times, one byte
+    /// per `Option` tag), so that reordering variants or fields fails here first.
+    #[test]
+    fn every_raft_command_keeps_its_encoding() {
+        use hourglass_types::{Command, TimerKey};
+        fn u32le(n: u32) -> Vec<u8> {
+            n.to_le_bytes().to_vec()
+        }
+        fn u64le(n: u64) -> Vec<u8> {
+            n.to_le_bytes().to_vec()
+        }
+        fn text(t: &str) -> Vec<u8> {
+            [u64le(t.len() as u64), t.as_bytes().to_vec()].concat()
+        }
+        let key = || TimerKey {
+            workflow_id: "w".into(),
+            timer_id: "t".into(),
+        };
+        let key_bytes = [text("w"), text("t")].concat();
+        let definition = TimerDefinition {
+            queue: "q".into(),
+            fire_at_ms: Some(5),
+            delay_ms: None,
+            payload: b"p".to_vec(),
+        };
+        let definition_bytes = [
+            text("q"),
+            vec![1],
+            u64le(5),
+            vec![0],
+            u64le(1),
+            b"p".to_vec(),
+        ]
+        .concat();
+        let keys = [u64le(1), key_bytes.clone()].concat();
+        let cases = [
+            (
+                Command::Schedule {
+                    key: key(),
+                    definition: definition.clone(),
+                    received_at_ms: 7,
+                },
+                [
+                    u32le(0),
+                    key_bytes.clone(),
+                    definition_bytes.clone(),
+                    u64le(7),
+                ]
+                .concat(),
+            ),
+            (
+                Command::Cancel {
+                    key: key(),
+                    received_at_ms: 7,
+                },
+                [u32le(1), key_bytes.clone(), u64le(7)].concat(),
+            ),
+            (
+                Command::ScheduleMany {
+                    timers: vec![(key(), definition)],
+                    received_at_ms: 7,
+                },
+                [u32le(2), u64le(1), key_bytes, definition_bytes, u64le(7)].concat(),
+            ),
+            (
+                Command::Fire {
+                    timers: vec![key()],
+                    fired_at_ms: 7,
+                },
+                [u32le(3), keys.clone(), u64le(7)].concat(),
+            ),
+            (
+                Command::Complete {
+                    timers: vec![key()],
+                    completed_at_ms: 7,
+                },
+                [u32le(4), keys.clone(), u64le(7)].concat(),
+            ),
+            (
+                Command::Expire {
+                    timers: vec![key()],
+                    before_ms: 7,
+                },
+                [u32le(5), keys.clone(), u64le(7)].concat(),
+            ),
+            (
+                Command::FireAhead {
+                    timers: vec![key()],
+                    now_ms: 7,
+                    until_ms: 8,
+                },
+                [u32le(6), keys, u64le(7), u64le(8)].concat(),
+            ),
+        ];
+        for (command, bytes) in cases {
+            assert_eq!(encode(&command), bytes, "{command:?}");
+            assert_eq!(decode::<Command>("command", &bytes).unwrap(), command);
+        }
+    }
+
     #[test]
     fn a_record_of_an_older_build_with_its_ids_decodes_the_same() {
         let r = record();
