@@ -292,6 +292,68 @@ async fn timers_fired_ahead_reach_workers_at_their_instant_never_before() {
     }
 }
 
+/// A leader killed while timers it fired ahead wait parked for their instant: the new
+/// leader reads them from the fired index and parks them too, so none reaches a worker before
+/// its due instant by this test's clock (G2), and none is lost (G1). Short election timeouts
+/// put the new leader in place while most of them are still ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_while_timers_it_fired_ahead_are_parked_delivers_none_early() {
+    let mut c = Cluster::start(Options {
+        extra_toml: "[timers]\nack_timeout_ms = 3000\nfire_ahead = \"1s\"\n\
+                     [raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 200\n\
+                     election_timeout_max_ms = 400\n"
+            .into(),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    c.wait_all_led(Duration::from_secs(30)).await.unwrap();
+    let worker = c.worker("q", &[]).unwrap();
+    let client = c.client();
+    // One workflow, so one partition and one leader; due over 3 s from 4 s out.
+    let base = now_ms() + 4_000;
+    let due = |i: u64| base + i * 60;
+    let batch = (0..50u64)
+        .map(|i| schedule_at("parked", &format!("t{i:02}"), "q", due(i), ""))
+        .collect();
+    for r in client.schedule_batch(batch).await.unwrap() {
+        r.unwrap();
+    }
+    let leader = c
+        .leader_of(partition_for("parked", c.partitions))
+        .await
+        .unwrap();
+    // Timer 10 FIRED a second before it is due: it and those before it wait parked.
+    loop {
+        let t = client.get("parked", "t10").await.unwrap();
+        if t.state == v1::TimerState::Fired as i32 {
+            break;
+        }
+        assert!(now_ms() < due(10), "not fired ahead in time: {t:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.kill(leader);
+    assert!(
+        now_ms() < due(10),
+        "the kill must come while the fired timers are parked"
+    );
+    let expected: BTreeSet<_> = (0..50u64)
+        .map(|i| ("parked".to_owned(), format!("t{i:02}")))
+        .collect();
+    let seen = worker
+        .wait_for(Duration::from_secs(30), |s| keys(s) == expected)
+        .await
+        .unwrap();
+    assert_none_early(&seen);
+    for s in &seen {
+        assert!(
+            s.received_ms >= s.fire_at_ms,
+            "received {} ms before due by the test's clock: {s:?}",
+            s.fire_at_ms - s.received_ms
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_that_answered_cancelled_is_never_delivered() {
     // Timers are proposed this long before their due instant: that is when the race is.
