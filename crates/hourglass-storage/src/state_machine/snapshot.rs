@@ -26,6 +26,10 @@ const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"HGSNAP01";
 /// zstd's fastest level: a snapshot is written while the node serves, and this level already
 /// shrinks one about tenfold (docs/benchmarks.md, "Disk per timer").
 const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
+/// Largest zstd window (as a power of two) a received snapshot may ask its decoder to hold:
+/// 8 MiB. Level 1 writes frames with windows of at most 512 KiB; without this a peer's frame
+/// could make an install hold the library's default limit, 128 MiB.
+const SNAPSHOT_ZSTD_WINDOW_LOG_MAX: u32 = 23;
 const SNAPSHOT_END: u8 = 0xFF;
 /// About how much of a snapshot one write batch of an install holds.
 pub(super) const INSTALL_BATCH_BYTES: usize = 4 << 20;
@@ -350,6 +354,9 @@ fn read_snapshot(
     input.read_exact(&mut magic).map_err(bad)?;
     if &magic == SNAPSHOT_MAGIC {
         let mut decoder = zstd::Decoder::new(input).map_err(bad)?;
+        decoder
+            .window_log_max(SNAPSHOT_ZSTD_WINDOW_LOG_MAX)
+            .map_err(bad)?;
         return read_records(&mut decoder, each);
     }
     if &magic != SNAPSHOT_MAGIC_V2 && &magic != SNAPSHOT_MAGIC_V1 {
@@ -584,6 +591,31 @@ mod tests {
                 "{name}: the kept copy is the file received"
             );
         }
+    }
+
+    /// A received snapshot whose zstd frame asks for a larger window than ours ever uses is
+    /// refused before the decoder allocates it; the same records in a frame with our
+    /// window limit are read.
+    #[test]
+    fn a_snapshot_frame_asking_for_a_large_window_is_refused() {
+        let frame = |window_log: u32| {
+            let mut file = SNAPSHOT_MAGIC.to_vec();
+            let mut out = zstd::Encoder::new(&mut file, SNAPSHOT_ZSTD_LEVEL).unwrap();
+            out.window_log(window_log).unwrap();
+            write_record(&mut out, 0, b"k", b"v").unwrap();
+            out.write_all(&[SNAPSHOT_END]).unwrap();
+            out.finish().unwrap();
+            file
+        };
+        let mut records = 0;
+        read_snapshot(&mut &frame(SNAPSHOT_ZSTD_WINDOW_LOG_MAX)[..], |_, _, _| {
+            records += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(records, 1);
+        let err = read_snapshot(&mut &frame(27)[..], |_, _, _| Ok(())).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
     }
 
     /// A crash in the middle of an install (the install recorded, the partition half
