@@ -20,6 +20,7 @@ use figment::error::Kind;
 use figment::providers::{Env, Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
+use hourglass_storage::StoreOptions;
 use hourglass_types::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -391,6 +392,8 @@ pub struct NodeConfig {
     pub max_clock_offset_ms: u64,
     pub raft: RaftConfig,
     pub timers: TimersConfig,
+    /// RocksDB's budgets (keys `storage.*`).
+    pub storage: StoreOptions,
     pub grpc: GrpcConfig,
     pub fault: FaultConfig,
     pub tls: TlsConfig,
@@ -418,6 +421,7 @@ impl Default for NodeConfig {
             max_clock_offset_ms: 500,
             raft: RaftConfig::default(),
             timers: TimersConfig::default(),
+            storage: StoreOptions::default(),
             grpc: GrpcConfig::default(),
             fault: FaultConfig::default(),
             tls: TlsConfig::default(),
@@ -590,6 +594,28 @@ impl NodeConfig {
             return bad(format!(
                 "raft.snapshot_after_log_bytes must be at least 65536 (64 KiB), got {}",
                 r.snapshot_after_log_bytes
+            ));
+        }
+        let s = &self.storage;
+        for (key, value) in [
+            ("storage.write_ahead_log_bytes", s.write_ahead_log_bytes),
+            ("storage.memtable_bytes", s.memtable_bytes as u64),
+            (
+                "storage.memtable_budget_bytes",
+                s.memtable_budget_bytes as u64,
+            ),
+            ("storage.block_cache_bytes", s.block_cache_bytes as u64),
+        ] {
+            if !(1 << 20..=64 << 30).contains(&value) {
+                return bad(format!(
+                    "{key} must be in 1048576..=68719476736 (1 MiB to 64 GiB), got {value}"
+                ));
+            }
+        }
+        if s.memtable_budget_bytes < s.memtable_bytes {
+            return bad(format!(
+                "storage.memtable_budget_bytes ({}) must be at least storage.memtable_bytes ({})",
+                s.memtable_budget_bytes, s.memtable_bytes
             ));
         }
         let t = &self.timers;
@@ -1301,6 +1327,12 @@ mod tests {
                 tombstone_retention_ms: 3_600_000,
                 idle_stream_timeout: Some(Duration::from_secs(45).into()),
             },
+            storage: StoreOptions {
+                write_ahead_log_bytes: 4 << 20,
+                memtable_bytes: 2 << 20,
+                memtable_budget_bytes: 48 << 20,
+                block_cache_bytes: 32 << 20,
+            },
             grpc: GrpcConfig {
                 http2_keepalive_interval_ms: 5_000,
                 http2_keepalive_timeout_ms: 7_000,
@@ -1354,8 +1386,9 @@ mod tests {
         assert_ne!(config.raft, defaults.raft);
         assert_ne!(config.timers, defaults.timers);
         assert_ne!(config.grpc, defaults.grpc);
+        assert_ne!(config.storage, defaults.storage);
         let all = keys();
-        assert_eq!(all.len(), 38, "{all:?}");
+        assert_eq!(all.len(), 42, "{all:?}");
         let pairs = printed(&config);
         for (key, text) in &pairs {
             let default_text = &printed(&defaults)
@@ -1594,6 +1627,28 @@ mod tests {
                 ..single.clone()
             },
             "grpc.http2_keepalive_timeout",
+        );
+        // RocksDB's budgets: each within bounds, the budget holding at least one memtable.
+        refused(
+            NodeConfig {
+                storage: StoreOptions {
+                    write_ahead_log_bytes: 4096,
+                    ..Default::default()
+                },
+                ..single.clone()
+            },
+            "storage.write_ahead_log_bytes must be in 1048576..=68719476736 (1 MiB to 64 GiB), got 4096",
+        );
+        refused(
+            NodeConfig {
+                storage: StoreOptions {
+                    memtable_bytes: 64 << 20,
+                    memtable_budget_bytes: 32 << 20,
+                    ..Default::default()
+                },
+                ..single.clone()
+            },
+            "storage.memtable_budget_bytes (33554432) must be at least storage.memtable_bytes (67108864)",
         );
         // Fire-ahead: at most 1s and half the window.
         for (window_ms, fire_ahead_ms) in [(60_000, 1_001), (1_000, 501)] {

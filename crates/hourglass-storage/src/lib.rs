@@ -19,7 +19,7 @@ pub use error::{Error, Result};
 pub use log_store::{LogGrowth, LogStore, REPLICATION_READ_BYTES};
 pub use state_machine::{ApplyObserver, StateMachine, TimerEvent, TimerEvents};
 pub use store::{
-    ClusterMeta, DueEntry, FiredEntry, PartitionState, Store, StoreMemory, TombstoneEntry,
-    WeakStore,
+    ClusterMeta, DueEntry, FiredEntry, PartitionState, Store, StoreMemory, StoreOptions,
+    TombstoneEntry, WeakStore,
 };
 pub use syncer::{FlushObserver, LogSyncer, SyncStats};

@@ -12,19 +12,39 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys;
 
-/// All memtables of the node together.
-const MEMTABLE_BUDGET: usize = 128 << 20;
-/// One memtable of one column family, before it is flushed.
-const MEMTABLE_BYTES_PER_CF: usize = 16 << 20;
-/// The block cache shared by every column family.
-const BLOCK_CACHE_BYTES: usize = 64 << 20;
-/// Write-ahead log kept before RocksDB flushes the column families that pin its oldest file.
-/// A rarely written family (Raft votes, the fired index while no timer fires) otherwise keeps
-/// every log file since its last write: under steady load the data directory grew to ~2 GiB
-/// of log for ~200 MiB of tables before RocksDB's default limit (4 × the memtables) set in.
-/// Small, because the log's fill-and-release cycle is most of how much the directory swings
-/// under a steady load (docs/benchmarks.md): 128 MiB swung it by 1.6–1.8×.
-const MAX_WAL_BYTES: u64 = 32 << 20;
+/// RocksDB's budgets: the `storage.*` keys of a node's configuration (docs/operations.md).
+/// Memory stays bounded however many timers are stored (G8): all memtables share one budget
+/// and all column families one block cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreOptions {
+    /// Write-ahead log kept before RocksDB flushes the column families that pin its oldest
+    /// file. A rarely written family (Raft votes, the fired index while no timer fires)
+    /// otherwise keeps every log file since its last write: under steady load the data
+    /// directory grew to ~2 GiB of log for ~200 MiB of tables before RocksDB's default limit
+    /// (4 × the memtables) set in. The log's fill-and-release cycle is most of how much the
+    /// directory swings under a steady load (docs/benchmarks.md): smaller swings less, at the
+    /// price of more, smaller flushes.
+    pub write_ahead_log_bytes: u64,
+    /// One memtable of one column family, before it is flushed.
+    pub memtable_bytes: usize,
+    /// All memtables of the node together.
+    pub memtable_budget_bytes: usize,
+    /// The block cache shared by every column family.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            write_ahead_log_bytes: 32 << 20,
+            memtable_bytes: 16 << 20,
+            memtable_budget_bytes: 128 << 20,
+            block_cache_bytes: 64 << 20,
+        }
+    }
+}
+
 /// Table files and the first level's size. Timers, the due index and the Raft log are keyed by
 /// partition first, so every flush overlaps the tail of every partition's range; small files
 /// keep what a compaction rewrites (and briefly holds twice on disk) to those tails.
@@ -130,8 +150,13 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database under `dir/db`, and `dir/snapshots`.
+    /// [`Store::open_with`] the default budgets.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, &StoreOptions::default())
+    }
+
+    /// Opens (creating if needed) the database under `dir/db`, and `dir/snapshots`.
+    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Self> {
         let io = |source| Error::Io {
             path: dir.to_path_buf(),
             source,
@@ -141,11 +166,9 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        // Memory stays bounded however many timers are stored (G8): all memtables share one
-        // budget and all column families one block cache.
-        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
-        opts.set_max_total_wal_size(MAX_WAL_BYTES);
-        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        opts.set_db_write_buffer_size(options.memtable_budget_bytes);
+        opts.set_max_total_wal_size(options.write_ahead_log_bytes);
+        let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
         let cfs = keys::ALL_CFS.iter().map(|name| {
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_block_cache(&cache);
@@ -160,7 +183,7 @@ impl Store {
             // and records repeat their neighbours' ids and times, which it shrinks several
             // times over for little CPU (docs/benchmarks.md, "Disk per timer").
             cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            cf.set_write_buffer_size(MEMTABLE_BYTES_PER_CF);
+            cf.set_write_buffer_size(options.memtable_bytes);
             cf.set_target_file_size_base(TARGET_FILE_BYTES);
             cf.set_max_bytes_for_level_base(LEVEL_BASE_BYTES);
             ColumnFamilyDescriptor::new(*name, cf)
@@ -579,19 +602,24 @@ mod tests {
     }
 
     /// One write to a rarely written column family must not pin the write-ahead log: under a
-    /// steady load elsewhere the log stays near its bound, and the disk with it.
+    /// steady load elsewhere the log stays near its configured bound, and the disk with it.
     #[test]
     fn a_quiet_column_family_does_not_pin_the_write_ahead_log() {
         let dir = tempfile::TempDir::new().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let options = StoreOptions {
+            write_ahead_log_bytes: 4 << 20,
+            memtable_bytes: 2 << 20,
+            ..StoreOptions::default()
+        };
+        let store = Store::open_with(dir.path(), &options).unwrap();
         store
             .db
             .put_cf(store.cf(keys::CF_RAFT_STATE), b"vote", b"1")
             .unwrap();
         let cf = store.cf(keys::CF_TIMERS);
         let value = vec![7u8; 64 * 1024];
-        // Three times the bound, in values RocksDB cannot share (distinct keys).
-        for i in 0u32..(3 * (MAX_WAL_BYTES as u32) / (64 * 1024)) {
+        // 48 MiB, more than the default bound, in values RocksDB cannot share (distinct keys).
+        for i in 0u32..768 {
             store.db.put_cf(cf, i.to_be_bytes(), &value).unwrap();
         }
         let wal: u64 = std::fs::read_dir(dir.path().join("db"))
@@ -602,7 +630,7 @@ mod tests {
             .sum();
         // The bound plus the file being written (at most a memtable's worth).
         assert!(
-            wal <= MAX_WAL_BYTES + 2 * MEMTABLE_BYTES_PER_CF as u64,
+            wal <= options.write_ahead_log_bytes + 2 * options.memtable_bytes as u64,
             "{} MiB of write-ahead log",
             wal >> 20
         );

@@ -49,7 +49,7 @@ pub struct Host {
 
 impl Host {
     pub fn open(config: NodeConfig) -> Result<Arc<Self>> {
-        let store = Store::open(&config.data_dir)?;
+        let store = Store::open_with(&config.data_dir, &config.storage)?;
         let metrics = Arc::new(Metrics::new(config.node_id));
         let clock = Arc::new(NodeClock::new(
             config.node_id,
