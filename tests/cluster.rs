@@ -563,6 +563,36 @@ async fn forwarded_schedules_share_calls_and_keep_their_own_answers() {
     );
 }
 
+/// A routed client sends each call about a workflow straight to its partition's leader: the
+/// one node it was given, which does not lead that partition, forwards none of them, while
+/// the same call from a client that does not route is forwarded there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_client_calls_the_partition_leader_directly() {
+    let c = cluster().await;
+    let partition = partition_for("routed", c.partitions);
+    let leader = partition_status(&c, partition).await.leader;
+    let via = (1..=3).find(|&n| n != leader).unwrap();
+    let forwards = |c: &Cluster| c.metric(via, "hourglass_schedule_forwards_total").unwrap();
+    let before = forwards(&c);
+    let routed = c.client_of(&[via]).routed();
+    for i in 0..20 {
+        let request = schedule_in("routed", &format!("t{i}"), HOUR, "");
+        assert!(routed.schedule(request).await.unwrap().created);
+    }
+    assert_eq!(routed.get("routed", "t3").await.unwrap().timer_id, "t3");
+    assert_eq!(routed.list("routed").await.unwrap().len(), 20);
+    routed.cancel("routed", "t4").await.unwrap();
+    assert_eq!(
+        forwards(&c),
+        before,
+        "node {via} forwarded Schedules of a routed client"
+    );
+    let unrouted = c.client_of(&[via]);
+    let request = schedule_in("routed", "unrouted", HOUR, "");
+    assert!(unrouted.schedule(request).await.unwrap().created);
+    assert_eq!(forwards(&c), before + 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tombstones_expire_as_fast_as_timers_complete() {
     // Batches of 100: expiring one batch per partition per sweep (what this replaced) would

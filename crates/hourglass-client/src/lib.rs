@@ -5,6 +5,9 @@
 //! the leader named in the answer, other endpoints otherwise, until its retry budget runs out.
 //! Schedule and cancel are idempotent (G6), so retrying an uncertain write is safe.
 //!
+//! A client made [`Client::routed`] sends each call about one workflow straight to its
+//! partition's leader, as the cluster last reported it, saving the forwarding hop.
+//!
 //! What an answer says beyond its code is read from its standard `google.rpc` error details
 //! (see [`Error::details`]): the leader from `ErrorInfo` (`leader_address`), how long to wait
 //! from `RetryInfo`, the invalid field from `BadRequest`. Waits between retries grow
@@ -15,8 +18,9 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+mod routes;
 mod worker;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -25,6 +29,7 @@ use hourglass_proto::v1::admin_client::AdminClient;
 use hourglass_proto::v1::timers_client::TimersClient;
 use hourglass_proto::ERROR_DOMAIN;
 use prost::Message;
+use routes::{Routes, Table};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -240,6 +245,8 @@ pub struct Client {
     next: AtomicUsize,
     retry: RetryPolicy,
     tls: Option<Tls>,
+    /// Each partition's leader, when the client routes calls itself.
+    routes: Option<Routes>,
 }
 
 /// A lazily connected channel to `address` (`HOST:PORT`), over TLS when `tls` is given.
@@ -299,7 +306,42 @@ impl Client {
             next: AtomicUsize::new(0),
             retry,
             tls,
+            routes: None,
         })
+    }
+
+    /// This client sends Schedule, Cancel, Get and List straight to the leader of the
+    /// workflow's partition, as `Admin.ClusterStatus` last reported it (asked on first use and
+    /// every 30 s after, by one call at a time with one attempt), instead of to the next
+    /// endpoint, which forwards the call when it does not lead the partition. Where no
+    /// leader is known, or a call to it fails, the client goes on as without routing.
+    /// `ScheduleBatch` is not routed: one batch spans partitions.
+    pub fn routed(mut self) -> Self {
+        self.routes = Some(Routes::default());
+        self
+    }
+
+    /// Where a call about `workflow_id` goes first: its partition's leader, when routed and
+    /// known.
+    async fn route(&self, workflow_id: &str) -> Option<String> {
+        let routes = self.routes.as_ref()?;
+        if let Some(refresh) = routes.refresh_due(Instant::now()) {
+            let target = self.next_endpoint();
+            let asked = async {
+                let mut admin = AdminClient::new(self.channel(&target).ok()?);
+                let status = admin.cluster_status(v1::ClusterStatusRequest {});
+                let status = tokio::time::timeout(self.retry.attempt_timeout, status).await;
+                Table::from_status(&status.ok()?.ok()?.into_inner())
+            };
+            let table = asked.await;
+            tracing::debug!(%target, known = table.is_some(), "partition leaders asked");
+            refresh.finish(table, Instant::now());
+        }
+        routes.leader_of(workflow_id)
+    }
+
+    fn next_endpoint(&self) -> String {
+        self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()].clone()
     }
 
     fn channel(&self, address: &str) -> Result<Transport> {
@@ -313,15 +355,23 @@ impl Client {
     }
 
     /// Runs `call` against an endpoint, retrying on answers that mean "not now".
-    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T>
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: FnMut(Transport) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_to(None, call).await
+    }
+
+    /// Runs `call` against `first` if given, else an endpoint, retrying on answers that mean
+    /// "not now".
+    async fn call_to<T, F, Fut>(&self, first: Option<String>, mut call: F) -> Result<T>
     where
         F: FnMut(Transport) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.retry.budget;
-        let mut target = self.endpoints
-            [self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()]
-        .clone();
+        let mut target = first.clone().unwrap_or_else(|| self.next_endpoint());
         let mut backoff = retry_backoff();
         let mut following = retry_backoff();
         loop {
@@ -340,6 +390,18 @@ impl Client {
             if !retryable(status.code(), &hints) {
                 return Err(status.into());
             }
+            // A node's own "not now" (a clock not yet known, a commit timeout) is asked again
+            // of the same leader; an answer no node made (the connection failed) forgets it.
+            let again = match (&self.routes, hints.reason.is_some()) {
+                (Some(_), true) if first.as_deref() == Some(target.as_str()) => {
+                    Some(target.clone())
+                }
+                (Some(routes), false) => {
+                    routes.forget(&target);
+                    None
+                }
+                _ => None,
+            };
             // A named leader is tried at once (after a short jittered pause), backing off only
             // if hints keep coming; otherwise the next endpoint, no sooner than the node asked.
             let follow = hints.leader.filter(|leader| *leader != target);
@@ -354,18 +416,14 @@ impl Client {
                 return Err(status.into());
             }
             tracing::debug!(%target, code = ?status.code(), message = status.message(), leader = ?follow, ?wait, "retrying");
-            target = match follow {
-                Some(leader) => leader,
-                None => self.endpoints
-                    [self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()]
-                .clone(),
-            };
+            target = follow.or(again).unwrap_or_else(|| self.next_endpoint());
             tokio::time::sleep(wait).await;
         }
     }
 
     pub async fn schedule(&self, request: v1::ScheduleRequest) -> Result<v1::ScheduleResponse> {
-        self.call(|c| {
+        let first = self.route(&request.workflow_id).await;
+        self.call_to(first, |c| {
             let r = request.clone();
             async move { TimersClient::new(c).schedule(r).await }
         })
@@ -431,7 +489,8 @@ impl Client {
             workflow_id: workflow_id.to_owned(),
             timer_id: timer_id.to_owned(),
         };
-        self.call(|c| {
+        let first = self.route(workflow_id).await;
+        self.call_to(first, |c| {
             let r = request.clone();
             async move { TimersClient::new(c).cancel(r).await }
         })
@@ -443,8 +502,9 @@ impl Client {
             workflow_id: workflow_id.to_owned(),
             timer_id: timer_id.to_owned(),
         };
+        let first = self.route(workflow_id).await;
         let response = self
-            .call(|c| {
+            .call_to(first, |c| {
                 let r = request.clone();
                 async move { TimersClient::new(c).get(r).await }
             })
@@ -466,7 +526,8 @@ impl Client {
             page_size,
             page_token: page_token.to_owned(),
         };
-        self.call(|c| {
+        let first = self.route(workflow_id).await;
+        self.call_to(first, |c| {
             let r = request.clone();
             async move { TimersClient::new(c).list(r).await }
         })

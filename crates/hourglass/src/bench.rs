@@ -10,7 +10,7 @@ use hourglass_client::{v1, Client, RetryPolicy, Worker, WorkerOptions};
 use serde_json::json;
 
 use crate::breakdown;
-use crate::cli::{BenchCommand, Global};
+use crate::cli::{BenchArgs, BenchCommand, Global};
 use crate::{usage, Failure};
 
 fn now_ms() -> u64 {
@@ -286,13 +286,18 @@ async fn due_after_scheduling(
 /// Schedule requests `steady` keeps in flight at most.
 const STEADY_IN_FLIGHT: usize = 2_048;
 
-pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), Failure> {
+pub async fn run(global: &Global, args: BenchArgs) -> Result<(), Failure> {
     // A load generator pushes the cluster to where commits take seconds: it keeps retrying
     // (schedules are idempotent) rather than give up after the default budget.
-    let client = Arc::new(global.client_with(RetryPolicy {
+    let mut client = global.client_with(RetryPolicy {
         budget: Duration::from_secs(300),
         ..RetryPolicy::default()
-    })?);
+    })?;
+    if !args.unrouted {
+        client = client.routed();
+    }
+    let client = Arc::new(client);
+    let cmd = args.cmd;
     let run = format!("bench-{}-{}", std::process::id(), now_ms());
     match cmd {
         BenchCommand::Steady {

@@ -130,8 +130,7 @@ pub enum Command {
     /// after it is printed (or, with --exec, after the command exits 0).
     Worker(WorkerArgs),
     /// Load generator: measures fire lateness, burst delivery and memory per timer.
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    Bench(BenchArgs),
     /// Create the cluster CA and certificates of nodes and clients (docs/operations.md,
     /// "Security").
     #[command(subcommand)]
@@ -218,6 +217,17 @@ impl From<ClientRole> for Role {
             ClientRole::Worker => Role::Worker,
         }
     }
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Send each call to the next endpoint, which forwards it when it does not lead the
+    /// workflow's partition, instead of straight to the partition's leader: what a client
+    /// that does not route does.
+    #[arg(long, global = true)]
+    pub unrouted: bool,
+    #[command(subcommand)]
+    pub cmd: BenchCommand,
 }
 
 #[derive(Subcommand)]

@@ -61,7 +61,7 @@ fn main() -> ExitCode {
             Command::Timer(cmd) => client_cmds::timer(&cli.global, cmd).await,
             Command::Cluster(cmd) => client_cmds::cluster(&cli.global, cmd).await,
             Command::Worker(args) => worker_cmd::run(&cli.global, args).await,
-            Command::Bench(cmd) => bench::run(&cli.global, cmd).await,
+            Command::Bench(args) => bench::run(&cli.global, args).await,
             Command::Cert(cmd) => cert_cmd::run(cmd),
             Command::Token(cmd) => token_cmd::run(cmd, cli.global.json),
         }
