@@ -19,8 +19,22 @@ pub type NodeClock = ClusterClock<SystemTimeSource>;
 /// How often every peer is probed. Samples live 5 s, so a peer stays known through a few
 /// lost probes.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// While fewer than a majority of the nodes' clocks are known, no partition's engine can
+/// start (cluster time is unknown): at start, the first round usually finds peers that are
+/// still starting too, and waiting a whole interval for the next held every engine about half
+/// a second (docs/benchmarks.md, "restart").
+const PROBE_INTERVAL_UNKNOWN: Duration = Duration::from_millis(50);
 /// A probe slower than this says little about the peer's clock.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The pause before the next round of probes.
+fn next_round_in(cluster_time_known: bool) -> Duration {
+    if cluster_time_known {
+        PROBE_INTERVAL
+    } else {
+        PROBE_INTERVAL_UNKNOWN
+    }
+}
 
 /// Probes every peer in `peers` (this node excluded) until `stopping` says so.
 pub async fn run(
@@ -35,13 +49,11 @@ pub async fn run(
     let max_offset_ms = clock.config().max_offset_ms;
     let mut warned: HashSet<NodeId> = HashSet::new();
     let mut self_out = false;
-    let mut tick = tokio::time::interval(PROBE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
         if stopping() {
             return;
         }
+        let round = tokio::time::Instant::now();
         futures::future::join_all(others.iter().map(|&peer| {
             let clock = Arc::clone(&clock);
             let peers = Arc::clone(&peers);
@@ -102,5 +114,18 @@ pub async fn run(
             }
             self_out = out;
         }
+        let pause = next_round_in(clock.now_ms(&members).is_some());
+        tokio::time::sleep_until(round + pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_are_frequent_only_while_cluster_time_is_unknown() {
+        assert_eq!(next_round_in(true), PROBE_INTERVAL);
+        assert!(next_round_in(false) * 5 <= PROBE_INTERVAL);
     }
 }

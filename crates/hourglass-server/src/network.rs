@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use hourglass_proto::internal::raft_transport_client::RaftTransportClient;
 use hourglass_proto::internal::RaftMessage;
 use hourglass_types::{NodeId, TypeConfig};
@@ -14,7 +15,7 @@ use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -262,6 +263,26 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(Rpc::Vote, encode(&rpc)?, &option).await
     }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(unreachable_backoff())
+    }
+}
+
+/// How long openraft waits before sending again to a peer it could not reach. Its default is
+/// 500 ms every time; at a cluster's start the nodes' groups come up milliseconds apart, so a
+/// leader's first send to a peer still starting failed, and its first commit (the fires of
+/// timers that fell due while the cluster was down) waited those 500 ms (docs/benchmarks.md,
+/// "restart"). Exponential from 10 ms with jitter, up to about the same 500 ms (a second with
+/// jitter) for a peer that stays away.
+fn unreachable_backoff() -> impl Iterator<Item = Duration> + Send + 'static {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(10))
+        .with_max_delay(Duration::from_millis(500))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 #[cfg(test)]
@@ -347,5 +368,17 @@ mod tests {
                 other => panic!("expected an attempt to send, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_unreachable_peer_is_retried_soon_then_every_half_second_or_so() {
+        let waits: Vec<Duration> = unreachable_backoff().take(100).collect();
+        assert_eq!(waits.len(), 100, "never gives up");
+        assert!(waits[0] <= Duration::from_millis(20), "{waits:?}");
+        assert!(
+            waits.iter().all(|w| *w <= Duration::from_secs(1)),
+            "{waits:?}"
+        );
+        assert!(waits[99] >= Duration::from_millis(500), "{waits:?}");
     }
 }
