@@ -337,7 +337,13 @@ impl Client {
             tracing::debug!(%target, known = table.is_some(), "partition leaders asked");
             refresh.finish(table, Instant::now());
         }
-        routes.leader_of(workflow_id)
+        let leader = routes.leader_of(workflow_id)?;
+        // An address the cluster reports but this client cannot even parse is not used.
+        if self.channel(&leader).is_err() {
+            routes.forget(&leader);
+            return None;
+        }
+        Some(leader)
     }
 
     fn next_endpoint(&self) -> String {

@@ -612,6 +612,18 @@ impl NodeConfig {
                 ));
             }
         }
+        if !(64 << 10..=1 << 30).contains(&s.info_log_file_bytes) {
+            return bad(format!(
+                "storage.info_log_file_bytes must be in 65536..=1073741824 (64 KiB to 1 GiB), got {}",
+                s.info_log_file_bytes
+            ));
+        }
+        if !(1..=1000).contains(&s.info_log_files) {
+            return bad(format!(
+                "storage.info_log_files must be in 1..=1000, got {}",
+                s.info_log_files
+            ));
+        }
         if s.memtable_budget_bytes < s.memtable_bytes {
             return bad(format!(
                 "storage.memtable_budget_bytes ({}) must be at least storage.memtable_bytes ({})",
@@ -1332,6 +1344,8 @@ mod tests {
                 memtable_bytes: 2 << 20,
                 memtable_budget_bytes: 48 << 20,
                 block_cache_bytes: 32 << 20,
+                info_log_file_bytes: 256 << 10,
+                info_log_files: 3,
             },
             grpc: GrpcConfig {
                 http2_keepalive_interval_ms: 5_000,
@@ -1388,7 +1402,7 @@ mod tests {
         assert_ne!(config.grpc, defaults.grpc);
         assert_ne!(config.storage, defaults.storage);
         let all = keys();
-        assert_eq!(all.len(), 42, "{all:?}");
+        assert_eq!(all.len(), 44, "{all:?}");
         let pairs = printed(&config);
         for (key, text) in &pairs {
             let default_text = &printed(&defaults)

@@ -32,6 +32,12 @@ pub struct StoreOptions {
     pub memtable_budget_bytes: usize,
     /// The block cache shared by every column family.
     pub block_cache_bytes: usize,
+    /// RocksDB's own log (`db/LOG`: flushes, compactions) is started afresh past this size...
+    pub info_log_file_bytes: usize,
+    /// ...and this many earlier ones are kept, so that it cannot grow the data directory
+    /// without bound: with a small write-ahead log under a steady load, one file grew by
+    /// 3.6 MB a minute.
+    pub info_log_files: usize,
 }
 
 impl Default for StoreOptions {
@@ -41,6 +47,8 @@ impl Default for StoreOptions {
             memtable_bytes: 16 << 20,
             memtable_budget_bytes: 128 << 20,
             block_cache_bytes: 64 << 20,
+            info_log_file_bytes: 1 << 20,
+            info_log_files: 10,
         }
     }
 }
@@ -168,6 +176,8 @@ impl Store {
         opts.set_max_background_jobs(2);
         opts.set_db_write_buffer_size(options.memtable_budget_bytes);
         opts.set_max_total_wal_size(options.write_ahead_log_bytes);
+        opts.set_max_log_file_size(options.info_log_file_bytes);
+        opts.set_keep_log_file_num(options.info_log_files);
         let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
         let cfs = keys::ALL_CFS.iter().map(|name| {
             let mut table = rocksdb::BlockBasedOptions::default();
@@ -634,6 +644,43 @@ mod tests {
             "{} MiB of write-ahead log",
             wal >> 20
         );
+    }
+
+    /// RocksDB's own log is rotated at its size and only so many are kept, however many
+    /// flushes it reports. RocksDB writes that log out every 5 s, and looks at its size then:
+    /// the test flushes for longer than two of those.
+    #[test]
+    fn rocksdb_s_own_log_is_rotated_and_trimmed() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let options = StoreOptions {
+            info_log_file_bytes: 16 << 10,
+            info_log_files: 2,
+            ..StoreOptions::default()
+        };
+        let store = Store::open_with(dir.path(), &options).unwrap();
+        let cf = store.cf(keys::CF_TIMERS);
+        let logs = || -> Vec<(String, u64)> {
+            std::fs::read_dir(dir.path().join("db"))
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("LOG"))
+                // Rotation may remove a file between the listing and its size.
+                .filter_map(|e| Some((e.file_name().into_string().ok()?, e.metadata().ok()?.len())))
+                .collect()
+        };
+        let start = std::time::Instant::now();
+        let mut i = 0u32;
+        // Each flush logs about a kilobyte.
+        while start.elapsed() < std::time::Duration::from_secs(12) {
+            store.db.put_cf(cf, i.to_be_bytes(), b"v").unwrap();
+            store.db.flush_cf(cf).unwrap();
+            i += 1;
+            assert!(logs().len() <= 3, "{:?}", logs());
+        }
+        let rotated = logs()
+            .into_iter()
+            .any(|(name, len)| name.starts_with("LOG.old") && len >= 16 << 10);
+        assert!(rotated, "{i} flushes, never rotated: {:?}", logs());
     }
 
     /// A store of layout 1 (fired index by timer id, records without a fire sequence) opens
