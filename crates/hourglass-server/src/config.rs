@@ -618,6 +618,12 @@ impl NodeConfig {
                 s.info_log_file_bytes
             ));
         }
+        if !(64 << 10..=1 << 30).contains(&s.manifest_file_bytes) {
+            return bad(format!(
+                "storage.manifest_file_bytes must be in 65536..=1073741824 (64 KiB to 1 GiB), got {}",
+                s.manifest_file_bytes
+            ));
+        }
         if !(1..=1000).contains(&s.info_log_files) {
             return bad(format!(
                 "storage.info_log_files must be in 1..=1000, got {}",
@@ -1346,6 +1352,7 @@ mod tests {
                 block_cache_bytes: 32 << 20,
                 info_log_file_bytes: 256 << 10,
                 info_log_files: 3,
+                manifest_file_bytes: 8 << 20,
             },
             grpc: GrpcConfig {
                 http2_keepalive_interval_ms: 5_000,
@@ -1402,7 +1409,7 @@ mod tests {
         assert_ne!(config.grpc, defaults.grpc);
         assert_ne!(config.storage, defaults.storage);
         let all = keys();
-        assert_eq!(all.len(), 44, "{all:?}");
+        assert_eq!(all.len(), 45, "{all:?}");
         let pairs = printed(&config);
         for (key, text) in &pairs {
             let default_text = &printed(&defaults)
