@@ -15,6 +15,10 @@ use xxhash_rust::xxh3::xxh3_64;
 /// costs a forwarded hop per call until then, never a wrong answer: every node forwards.
 pub(crate) const ROUTES_TTL: Duration = Duration::from_secs(30);
 
+/// The most partitions a node accepts (`partitions`, docs/operations.md): a status naming more
+/// is not believed, rather than have the client allocate a table for four billion.
+const MAX_PARTITIONS: u32 = 4096;
+
 /// The partition of a workflow, as every node computes it: `xxh3_64(workflow_id, seed 0) mod
 /// partitions` (docs/api.md, "Partitions"; pinned by a test against the server's function).
 pub(crate) fn partition_for(workflow_id: &str, partitions: u32) -> u32 {
@@ -29,9 +33,10 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    /// The table a cluster status gives; `None` when it names no partitions.
+    /// The table a cluster status gives; `None` when it names no partitions, or more than a
+    /// node accepts.
     pub(crate) fn from_status(status: &v1::ClusterStatusResponse) -> Option<Table> {
-        if status.partition_count == 0 {
+        if !(1..=MAX_PARTITIONS).contains(&status.partition_count) {
             return None;
         }
         let addresses: HashMap<u64, &str> = status
@@ -200,6 +205,11 @@ mod tests {
         assert_eq!(table.leader_of(&of(1)), None);
         assert_eq!(table.leader_of(&of(0)), Some("10.0.0.1:7000"));
         assert_eq!(Table::from_status(&status(&[])), None);
+        let mut huge = status(&[1]);
+        huge.partition_count = u32::MAX;
+        assert_eq!(Table::from_status(&huge), None);
+        huge.partition_count = MAX_PARTITIONS;
+        assert!(Table::from_status(&huge).is_some());
     }
 
     #[test]
