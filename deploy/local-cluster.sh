@@ -67,7 +67,10 @@ cli() {
 
 is_running() {
   local pid; pid="$(pid_of "$1")"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && grep -q hourglass "/proc/$pid/cmdline" 2>/dev/null
+  # The command line names a hourglass binary (or $BIN): a recycled pid of another program
+  # is not a node.
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null \
+    && grep -qF -e hourglass -e "$(basename "$BIN")" "/proc/$pid/cmdline" 2>/dev/null
 }
 
 is_paused() {

@@ -293,7 +293,7 @@ fn serve_print_config_layers_file_environment_and_flags() {
             section.len()
         });
     }
-    assert_eq!(keys, 45, "{t:?}");
+    assert_eq!(keys, 47, "{t:?}");
     assert_eq!(t["advertise"].as_str(), Some(""));
     let again = dir.path().join("printed.toml");
     std::fs::write(&again, &out.stdout).unwrap();

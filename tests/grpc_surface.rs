@@ -458,6 +458,16 @@ async fn metrics_of_a_real_node() -> Result<()> {
         assert!(value > 0.0, "{name} = {value}");
     }
 
+    // The tables on disk, by column family: each has its line.
+    for cf in ["raft_log", "timers", "due", "fired", "tombstones"] {
+        let label = format!("column_family=\"{cf}\"");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("hourglass_store_table_bytes{") && l.contains(&label)),
+            "{label}: {text}"
+        );
+    }
+
     // Every metric of the dashboard is exported by a running node.
     let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/hourglass.json"),

@@ -230,7 +230,7 @@ impl Default for RaftConfig {
             election_timeout_min_ms: 1_000,
             election_timeout_max_ms: 2_000,
             snapshot_after_logs: 10_000,
-            snapshot_after_log_bytes: 4 << 20,
+            snapshot_after_log_bytes: 1 << 20,
             logs_kept_after_snapshot: 1_000,
         }
     }
@@ -605,6 +605,7 @@ impl NodeConfig {
                 s.memtable_budget_bytes as u64,
             ),
             ("storage.block_cache_bytes", s.block_cache_bytes as u64),
+            ("storage.first_level_bytes", s.first_level_bytes),
         ] {
             if !(1 << 20..=64 << 30).contains(&value) {
                 return bad(format!(
@@ -616,6 +617,12 @@ impl NodeConfig {
             return bad(format!(
                 "storage.info_log_file_bytes must be in 65536..=1073741824 (64 KiB to 1 GiB), got {}",
                 s.info_log_file_bytes
+            ));
+        }
+        if !(64 << 10..=1 << 30).contains(&s.table_file_bytes) {
+            return bad(format!(
+                "storage.table_file_bytes must be in 65536..=1073741824 (64 KiB to 1 GiB), got {}",
+                s.table_file_bytes
             ));
         }
         if !(64 << 10..=1 << 30).contains(&s.manifest_file_bytes) {
@@ -1331,7 +1338,7 @@ mod tests {
                 election_timeout_min_ms: 1_500,
                 election_timeout_max_ms: 2_500,
                 snapshot_after_logs: 5_000,
-                snapshot_after_log_bytes: 1 << 20,
+                snapshot_after_log_bytes: 3 << 20,
                 logs_kept_after_snapshot: 500,
             },
             timers: TimersConfig {
@@ -1353,6 +1360,8 @@ mod tests {
                 info_log_file_bytes: 256 << 10,
                 info_log_files: 3,
                 manifest_file_bytes: 8 << 20,
+                table_file_bytes: 3 << 20,
+                first_level_bytes: 24 << 20,
             },
             grpc: GrpcConfig {
                 http2_keepalive_interval_ms: 5_000,
@@ -1409,7 +1418,7 @@ mod tests {
         assert_ne!(config.grpc, defaults.grpc);
         assert_ne!(config.storage, defaults.storage);
         let all = keys();
-        assert_eq!(all.len(), 45, "{all:?}");
+        assert_eq!(all.len(), 47, "{all:?}");
         let pairs = printed(&config);
         for (key, text) in &pairs {
             let default_text = &printed(&defaults)
@@ -1671,6 +1680,30 @@ mod tests {
             },
             "storage.memtable_budget_bytes (33554432) must be at least storage.memtable_bytes (67108864)",
         );
+        for (storage, named) in [
+            (
+                StoreOptions {
+                    table_file_bytes: 4096,
+                    ..Default::default()
+                },
+                "storage.table_file_bytes must be in 65536..=1073741824 (64 KiB to 1 GiB), got 4096",
+            ),
+            (
+                StoreOptions {
+                    first_level_bytes: 65 << 30,
+                    ..Default::default()
+                },
+                "storage.first_level_bytes must be in 1048576..=68719476736 (1 MiB to 64 GiB), got 69793218560",
+            ),
+        ] {
+            refused(
+                NodeConfig {
+                    storage,
+                    ..single.clone()
+                },
+                named,
+            );
+        }
         // Fire-ahead: at most 1s and half the window.
         for (window_ms, fire_ahead_ms) in [(60_000, 1_001), (1_000, 501)] {
             refused(

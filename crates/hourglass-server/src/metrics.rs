@@ -380,13 +380,15 @@ impl Collector for WalCounters {
     }
 }
 
-/// `store_memory_bytes{kind}` and `store_disk_bytes`: what RocksDB holds in memory (the part
-/// of the process's memory bounded by its budgets) and what the data directory holds on disk;
-/// read at each scrape.
+/// `store_memory_bytes{kind}`, `store_disk_bytes` and `store_table_bytes{column_family}`: what
+/// RocksDB holds in memory (the part of the process's memory bounded by its budgets), what the
+/// data directory holds on disk, and how much of it is each column family's tables; read at
+/// each scrape.
 struct StoreGauges {
     source: Arc<OnceLock<WeakStore>>,
     memory: IntGaugeVec,
     disk: IntGauge,
+    tables: IntGaugeVec,
 }
 
 impl StoreGauges {
@@ -406,6 +408,14 @@ impl StoreGauges {
                 "Bytes of every file under the node's data directory (tables, write-ahead log, snapshots).",
             )
             .expect("valid metric"),
+            tables: IntGaugeVec::new(
+                Opts::new(
+                    "store_table_bytes",
+                    "Bytes of RocksDB table files, by column family (part of store_disk_bytes).",
+                ),
+                &["column_family"],
+            )
+            .expect("valid metric"),
         }
     }
 }
@@ -416,6 +426,7 @@ impl Collector for StoreGauges {
             .desc()
             .into_iter()
             .chain(self.disk.desc())
+            .chain(self.tables.desc())
             .collect()
     }
 
@@ -434,9 +445,15 @@ impl Collector for StoreGauges {
             if let Ok(bytes) = store.disk_bytes() {
                 self.disk.set(bytes as i64);
             }
+            if let Ok(tables) = store.table_bytes() {
+                for (cf, bytes) in tables {
+                    self.tables.with_label_values(&[cf]).set(bytes as i64);
+                }
+            }
         }
         let mut families = self.memory.collect();
         families.extend(self.disk.collect());
+        families.extend(self.tables.collect());
         families
     }
 }

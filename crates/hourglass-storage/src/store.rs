@@ -40,8 +40,21 @@ pub struct StoreOptions {
     pub info_log_files: usize,
     /// RocksDB's manifest (`db/MANIFEST-*`) records every flush and compaction, and is only
     /// started afresh (from the current state) past this size: RocksDB's default, 1 GiB, let
-    /// it grow by 150 KB a minute under the steady disk benchmark.
+    /// it grow by 150 KB a minute under the steady disk benchmark, and the drop from a large
+    /// bound to a fresh file is a step in the disk's use.
     pub manifest_file_bytes: usize,
+    /// Size of the table files compactions write into the first level (each level below
+    /// writes files four times larger). Timers, the due index and the Raft log are keyed by
+    /// partition first, so every flush overlaps every partition's range: only files that are
+    /// a slice of their level let a compaction rewrite, and briefly hold twice on disk, part
+    /// of the level below rather than all of it.
+    pub table_file_bytes: u64,
+    /// Size of the first level below the flushed files (RocksDB's `max_bytes_for_level_base`;
+    /// levels are sized from the bottom up): it is rewritten whenever flushed files are merged
+    /// into it. Small (with small table files) keeps a steady load's disk flat: at 64 MiB
+    /// every flush of a small store rewrote whole column families, swinging the data
+    /// directory by their size (docs/benchmarks.md).
+    pub first_level_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -53,16 +66,15 @@ impl Default for StoreOptions {
             block_cache_bytes: 64 << 20,
             info_log_file_bytes: 1 << 20,
             info_log_files: 10,
-            manifest_file_bytes: 4 << 20,
+            manifest_file_bytes: 1 << 20,
+            table_file_bytes: 256 << 10,
+            first_level_bytes: 1 << 20,
         }
     }
 }
 
-/// Table files and the first level's size. Timers, the due index and the Raft log are keyed by
-/// partition first, so every flush overlaps the tail of every partition's range; small files
-/// keep what a compaction rewrites (and briefly holds twice on disk) to those tails.
-const TARGET_FILE_BYTES: u64 = 8 << 20;
-const LEVEL_BASE_BYTES: u64 = 64 << 20;
+/// How much larger each level's table files are than the level's above.
+const TABLE_FILE_GROWTH: i32 = 4;
 /// Column families only ever iterated in key order, never read by key.
 const SCANNED_CFS: [&str; 4] = [
     keys::CF_RAFT_LOG,
@@ -200,8 +212,12 @@ impl Store {
             // times over for little CPU (docs/benchmarks.md, "Disk per timer").
             cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
             cf.set_write_buffer_size(options.memtable_bytes);
-            cf.set_target_file_size_base(TARGET_FILE_BYTES);
-            cf.set_max_bytes_for_level_base(LEVEL_BASE_BYTES);
+            cf.set_target_file_size_base(options.table_file_bytes);
+            // Files four times larger at each level down: the levels that take flushes are cut
+            // fine, so a compaction rewrites a slice of the level below, not all of it, and the
+            // bottom level of a large store is still a few hundred files, not thousands.
+            cf.set_target_file_size_multiplier(TABLE_FILE_GROWTH);
+            cf.set_max_bytes_for_level_base(options.first_level_bytes);
             ColumnFamilyDescriptor::new(*name, cf)
         });
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
@@ -293,6 +309,20 @@ impl Store {
             block_cache: stats.cache_total,
             table_readers: stats.mem_table_readers_total,
         })
+    }
+
+    /// Bytes of the table files of each column family, live or awaiting deletion once no
+    /// compaction reads them (RocksDB's `total-sst-files-size`): where a node's disk goes.
+    pub fn table_bytes(&self) -> Result<Vec<(&'static str, u64)>> {
+        keys::ALL_CFS
+            .iter()
+            .map(|&name| {
+                let bytes = self
+                    .db
+                    .property_int_value_cf(self.cf(name), "rocksdb.total-sst-files-size")?;
+                Ok((name, bytes.unwrap_or(0)))
+            })
+            .collect()
     }
 
     /// Bytes of every file under the node's data directory: tables, write-ahead log, files
@@ -582,7 +612,7 @@ mod tests {
     }
 
     /// The figures follow what is written: the memtables hold unflushed writes, and the
-    /// disk holds them once flushed.
+    /// disk, and the tables of the column family written, hold them once flushed.
     #[test]
     fn memory_and_disk_follow_writes() {
         let dir = tempfile::TempDir::new().unwrap();
@@ -615,6 +645,19 @@ mod tests {
             "{empty_disk} -> {disk}"
         );
         assert!(store.memory().unwrap().total() > 0);
+        // The tables are the timers' column family's alone.
+        let tables = store.table_bytes().unwrap();
+        assert_eq!(
+            tables.iter().map(|(cf, _)| *cf).collect::<Vec<_>>(),
+            keys::ALL_CFS
+        );
+        for (cf, bytes) in tables {
+            if cf == keys::CF_TIMERS {
+                assert!((8_000_000..=disk).contains(&bytes), "{bytes} of {disk}");
+            } else {
+                assert_eq!(bytes, 0, "{cf}");
+            }
+        }
     }
 
     /// One write to a rarely written column family must not pin the write-ahead log: under a
