@@ -230,7 +230,7 @@ impl Default for RaftConfig {
             election_timeout_min_ms: 1_000,
             election_timeout_max_ms: 2_000,
             snapshot_after_logs: 10_000,
-            snapshot_after_log_bytes: 1 << 20,
+            snapshot_after_log_bytes: 4 << 20,
             logs_kept_after_snapshot: 1_000,
         }
     }

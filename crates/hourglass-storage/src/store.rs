@@ -51,9 +51,10 @@ pub struct StoreOptions {
     pub table_file_bytes: u64,
     /// Size of the first level below the flushed files (RocksDB's `max_bytes_for_level_base`;
     /// levels are sized from the bottom up): it is rewritten whenever flushed files are merged
-    /// into it. Small (with small table files) keeps a steady load's disk flat: at 64 MiB
-    /// every flush of a small store rewrote whole column families, swinging the data
-    /// directory by their size (docs/benchmarks.md).
+    /// into it. Small (1 MiB, with 256 KiB table files) keeps a small store's disk flat under
+    /// a steady load, where at 64 MiB every merge rewrote whole column families and swung
+    /// the directory by their size; but it costs a third of the ScheduleBatch throughput, so
+    /// it is not the default (docs/benchmarks.md, "Disk under a steady load").
     pub first_level_bytes: u64,
 }
 
@@ -67,8 +68,8 @@ impl Default for StoreOptions {
             info_log_file_bytes: 1 << 20,
             info_log_files: 10,
             manifest_file_bytes: 1 << 20,
-            table_file_bytes: 256 << 10,
-            first_level_bytes: 1 << 20,
+            table_file_bytes: 8 << 20,
+            first_level_bytes: 64 << 20,
         }
     }
 }
@@ -213,9 +214,9 @@ impl Store {
             cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
             cf.set_write_buffer_size(options.memtable_bytes);
             cf.set_target_file_size_base(options.table_file_bytes);
-            // Files four times larger at each level down: the levels that take flushes are cut
-            // fine, so a compaction rewrites a slice of the level below, not all of it, and the
-            // bottom level of a large store is still a few hundred files, not thousands.
+            // Files four times larger at each level down: with small first-level files the
+            // levels that take flushes are cut fine, so a compaction rewrites a slice of the
+            // level below, and the bottom level of a large store is still a few hundred files.
             cf.set_target_file_size_multiplier(TABLE_FILE_GROWTH);
             cf.set_max_bytes_for_level_base(options.first_level_bytes);
             ColumnFamilyDescriptor::new(*name, cf)
