@@ -107,10 +107,14 @@ impl Sample {
         self.received_mono_ms.saturating_sub(self.sent_mono_ms)
     }
 
-    /// The peer's clock is at least this at local monotonic time `mono_ms`.
+    /// The peer's clock is at least this at local monotonic time `mono_ms`. Every reading is
+    /// in whole milliseconds, so the time elapsed since the answer, as a difference of two
+    /// truncated readings, may exceed the true one by almost a millisecond: one is taken off,
+    /// or a cluster of nodes on one clock ran up to 1 ms ahead of it and fired that early.
     fn lower_bound(&self, mono_ms: u64) -> u64 {
         self.peer_wall_ms
             .saturating_add(mono_ms.saturating_sub(self.received_mono_ms))
+            .saturating_sub(1)
     }
 
     /// Peer clock minus local clock, estimated at the middle of the round trip.
@@ -391,10 +395,11 @@ mod tests {
         probe_all(&clock, T0, &[0, 0, 0], 0);
         source.advance(1_000);
         source.step_wall(3_600_000);
-        assert_eq!(clock.now_ms(&[1, 2, 3]), Some(T0 + 1_000));
+        // Peers' clocks as lower bounds: a millisecond short for readings in whole ones.
+        assert_eq!(clock.now_ms(&[1, 2, 3]), Some(T0 + 1_000 - 1));
         source.step_wall(-7_200_000);
         source.advance(1_000);
-        assert_eq!(clock.now_ms(&[1, 2, 3]), Some(T0 + 2_000));
+        assert_eq!(clock.now_ms(&[1, 2, 3]), Some(T0 + 2_000 - 1));
     }
 
     #[test]
@@ -429,6 +434,6 @@ mod tests {
             ClockConfig::default(),
         );
         probe_all(&clock, T0, &[0, 0, 0], 0);
-        assert_eq!(clock.now_ms(&[2, 3]), Some(T0));
+        assert_eq!(clock.now_ms(&[2, 3]), Some(T0 - 1));
     }
 }
